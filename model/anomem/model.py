@@ -1,0 +1,179 @@
+"""AnoMem: multi-scale contrasted Hopfield memories over an encoder, scored by deviation maps.
+
+The module takes uint8 frames at the model's input size (with the previous frame stacked on the
+channel axis when the model uses motion), normalizes them itself, and returns the raw anomaly score
+and a low-resolution anomaly map: exactly what is exported and served.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.anomem.detector import DeviationDetector
+from model.backbones import build_backbone
+from model.config import AnoMemConfig, InputSpec
+from model.memory import HopfieldMemory
+
+MOTION_CHANNELS = 2  # mean and max absolute frame difference over each feature cell
+
+
+@dataclass
+class Descriptors:
+    """Per-scale inputs of the memories for one batch."""
+
+    maps: list[torch.Tensor]  # [B, C_l (+2 motion), h_l, w_l], features L2-normalized over channels
+    last_features: torch.Tensor  # encoder output at the coarsest scale, for the instance contrast
+
+
+def gaussian_kernel(sigma: float) -> torch.Tensor:
+    """A normalized 2-D Gaussian as a [1, 1, k, k] conv weight (k = 1 when sigma is 0)."""
+    if sigma <= 0:
+        return torch.ones(1, 1, 1, 1)
+    radius = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def topk_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the k largest values of each map: [B, 1, h, w] -> [B]."""
+    flat = maps.flatten(1)
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+class AnoMem(nn.Module):
+    """AnoMem network: encoder, one Hopfield memory per used scale, standardized deviation maps."""
+
+    def __init__(self, cfg: AnoMemConfig, spec: InputSpec, load_pretrained: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+        stem = "cifar" if spec.height <= 64 else "imagenet"
+        self.encoder = build_backbone(
+            cfg.encoder,
+            in_chans=spec.frame_channels,
+            pretrained=cfg.pretrained and load_pretrained,
+            stem=stem,
+        )
+        if cfg.freeze_encoder:
+            self.encoder.freeze()
+        extra = MOTION_CHANNELS if spec.motion else 0
+        self.scales = list(cfg.scales)
+        channels = [self.encoder.out_channels[s] + extra for s in self.scales]
+        self.memories = nn.ModuleList(
+            HopfieldMemory(c, cfg.memories[s].slots, cfg.memories[s].dim, cfg.memories[s].beta)
+            for c, s in zip(channels, self.scales, strict=True)
+        )
+        self.heads = nn.ModuleList(_projection_head(c, cfg.proj_dim) for c in channels)
+        self.instance_head = _projection_head(self.encoder.out_channels[max(self.scales)], cfg.proj_dim)
+        weights = cfg.scale_weights or tuple(1.0 / len(self.scales) for _ in self.scales)
+        self.register_buffer("scale_weights", torch.tensor(weights, dtype=torch.float32))
+        self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
+        sizes = self.map_sizes()
+        self.map_size = sizes[0]
+        for i, (h, w) in enumerate(sizes[1:]):
+            self.register_buffer(f"dev_mean_{i}", torch.zeros(1, 1, h, w))
+            self.register_buffer(f"dev_std_{i}", torch.ones(1, 1, h, w))
+        self.detector = DeviationDetector(
+            len(self.scales), head="classifier" if cfg.score == "classifier" else "svdd"
+        )
+
+    def map_sizes(self) -> list[tuple[int, int]]:
+        """Sizes of the stride-8 anomaly map followed by each used scale's deviation map."""
+        with torch.no_grad():
+            probe = torch.zeros(1, self.spec.frame_channels, self.spec.height, self.spec.width)
+            was_training = self.encoder.training
+            self.encoder.eval()
+            feats = self.encoder(probe)
+            self.encoder.train(was_training)
+        finest = (math.ceil(self.spec.height / 8), math.ceil(self.spec.width / 8))
+        return [finest] + [(feats[s].shape[-2], feats[s].shape[-1]) for s in self.scales]
+
+    def dev_stats(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"dev_mean_{i}"), getattr(self, f"dev_std_{i}")
+
+    def split_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 [B, C, H, W] -> (frame in [0, 1], |frame - previous| averaged over colour, or None)."""
+        x = frames.float() / 255.0
+        c = self.spec.frame_channels
+        if not self.spec.motion:
+            return x, None
+        current, previous = x[:, :c], x[:, c:]
+        return current, (current - previous).abs().mean(dim=1, keepdim=True)
+
+    def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
+        """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""
+        feats = self.encoder(current)
+        maps = []
+        for s in self.scales:
+            f = F.normalize(feats[s], dim=1)
+            if motion is not None:
+                f = torch.cat([f, self.cfg.motion_weight * _pool_motion(motion, f.shape[-2:])], dim=1)
+            maps.append(f)
+        return Descriptors(maps=maps, last_features=feats[max(self.scales)])
+
+    def raw_deviations(self, desc: Descriptors) -> list[torch.Tensor]:
+        """D_l = ||v_l - R_l|| per position, [B, 1, h_l, w_l] for each used scale."""
+        return [
+            (v - memory(v)).pow(2).sum(dim=1, keepdim=True).add(1e-12).sqrt()
+            for v, memory in zip(desc.maps, self.memories, strict=True)
+        ]
+
+    def standardized(self, deviations: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Standardize each deviation map with the normal training set's statistics."""
+        out = []
+        for i, d in enumerate(deviations):
+            mean, std = self.dev_stats(i)
+            out.append((d - mean) / std)
+        return out
+
+    def stack_maps(self, standardized: list[torch.Tensor]) -> torch.Tensor:
+        """Upsample every scale to the stride-8 grid: [B, L, h0, w0]."""
+        return torch.cat(
+            [
+                F.interpolate(d, size=self.map_size, mode="bilinear", align_corners=False)
+                for d in standardized
+            ],
+            dim=1,
+        )
+
+    def oneclass_score(self, standardized: list[torch.Tensor]) -> torch.Tensor:
+        """sum_l alpha_l * top-k mean of D_l."""
+        pooled = torch.stack([topk_mean(d, self.cfg.topk) for d in standardized], dim=1)
+        return (pooled * self.scale_weights).sum(dim=1)
+
+    def anomaly_map(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the upsampled standardized deviations, Gaussian-smoothed: [B, 1, h0, w0]."""
+        fused = (stacked * self.scale_weights.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
+        pad = self.map_kernel.shape[-1] // 2
+        return F.conv2d(F.pad(fused, (pad, pad, pad, pad), mode="replicate"), self.map_kernel)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score uint8 frames [B, C, H, W]: returns (raw score [B], anomaly map [B, 1, H/8, W/8])."""
+        current, motion = self.split_input(frames)
+        standardized = self.standardized(self.raw_deviations(self.describe(current, motion)))
+        stacked = self.stack_maps(standardized)
+        score = self.oneclass_score(standardized) if self.cfg.score == "oneclass" else self.detector(stacked)
+        return score, self.anomaly_map(stacked)
+
+
+def _projection_head(channels: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(channels, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
+
+
+def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Mean and max of the motion map over each cell of a feature grid: [B, 1, H, W] -> [B, 2, h, w]."""
+    h, w = int(size[0]), int(size[1])
+    kh, kw = math.ceil(motion.shape[-2] / h), math.ceil(motion.shape[-1] / w)
+    mean = F.avg_pool2d(motion, (kh, kw), ceil_mode=True)
+    peak = F.max_pool2d(motion, (kh, kw), ceil_mode=True)
+    pooled = torch.cat([mean, peak], dim=1)
+    if pooled.shape[-2:] != (h, w):
+        pooled = F.interpolate(pooled, size=(h, w), mode="nearest")
+    return pooled

@@ -1,0 +1,95 @@
+"""The model artifact: one safetensors file with the weights and the metadata to serve them.
+
+safetensors holds tensors and strings only, so loading a checkpoint can never run pickled code.
+The weights' SHA-256 is recorded in the metadata and checked before the weights are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from model.calibration import Calibration
+from model.config import ExperimentConfig
+
+FORMAT = "anomon.checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, altered or of an unknown format."""
+
+
+class CheckpointMeta(BaseModel):
+    """Everything but the weights: what the model is, how it was trained, how to read its scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = FORMAT
+    name: str
+    version: str
+    config: ExperimentConfig
+    calibration: Calibration | None = None
+    data_fingerprint: str = ""
+    training: dict[str, Any] = Field(default_factory=dict)
+    complete: bool = True
+    weights_sha256: str = ""
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: CheckpointMeta) -> None:
+    """Write atomically (temp file + rename) so an interrupted save never leaves a half file."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    meta = meta.model_copy(update={"weights_sha256": weights_digest(tensors)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"anomon": meta.model_dump_json()})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """Read and verify a checkpoint.
+
+    Raises:
+        CheckpointError: missing file, not a safetensors file, unknown format, or weights that do
+            not match their recorded hash.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("anomon")
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable anomon checkpoint ({err})") from None
+    if raw is None:
+        raise CheckpointError(f"{path} has no anomon metadata: not a checkpoint written by anomon train")
+    try:
+        meta = CheckpointMeta.model_validate(json.loads(raw))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: metadata does not validate ({str(err).splitlines()[0]})") from None
+    if meta.format != FORMAT:
+        raise CheckpointError(f"{path}: format {meta.format!r} is not supported (expected {FORMAT})")
+    if weights_digest(tensors) != meta.weights_sha256:
+        raise CheckpointError(
+            f"{path}: weights do not match the hash in its metadata (altered or damaged file)"
+        )
+    return tensors, meta

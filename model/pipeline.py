@@ -1,0 +1,162 @@
+"""Train, calibrate and load models: what the `train` and `calibrate` commands do."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.anomem import train as anomem_train
+from model.anomem.model import AnoMem
+from model.calibration import Calibration, calibrate
+from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from model.config import ExperimentConfig
+from model.data import Clip, load_clips, with_motion
+
+
+def build_model(cfg: ExperimentConfig, load_pretrained: bool = True) -> AnoMem:
+    """The network a config describes (pretrained encoder weights loaded unless told not to)."""
+    return AnoMem(cfg.model, cfg.input, load_pretrained=load_pretrained)
+
+
+def load_model(path: str | Path) -> tuple[AnoMem, CheckpointMeta]:
+    """Rebuild a model from a checkpoint, in eval mode."""
+    tensors, meta = load_checkpoint(path)
+    model = build_model(meta.config, load_pretrained=False)
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return model, meta
+
+
+def model_inputs(clips: list[Clip], cfg: ExperimentConfig) -> np.ndarray:
+    """Concatenate the model inputs of all clips (motion pairs never cross a clip boundary)."""
+    return np.concatenate([with_motion(c.frames, cfg.input) for c in clips])
+
+
+def fingerprint(clips: list[Clip]) -> str:
+    """SHA-256 of the resized training frames and their clip names."""
+    digest = hashlib.sha256()
+    for clip in clips:
+        digest.update(clip.name.encode())
+        digest.update(clip.frames.tobytes())
+    return digest.hexdigest()
+
+
+def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
+    """Hold out the last clips (at least one when fraction > 0 and there are two or more) for calibration."""
+    if fraction <= 0 or len(clips) < 2:
+        return clips, []
+    n = min(len(clips) - 1, max(1, math.ceil(fraction * len(clips))))
+    return clips[:-n], clips[-n:]
+
+
+@torch.no_grad()
+def score_inputs(
+    model: AnoMem, inputs: np.ndarray, batch_size: int = 32, desc: str = "scoring"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw scores [N] and anomaly maps [N, h, w] of uint8 model inputs."""
+    model.eval()
+    scores, maps = [], []
+    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False):
+        s, m = model(torch.from_numpy(inputs[start : start + batch_size]))
+        scores.append(s.numpy())
+        maps.append(m[:, 0].numpy())
+    return np.concatenate(scores), np.concatenate(maps)
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    cfg: ExperimentConfig,
+    version: str | None = None,
+    resume: bool = False,
+    anomalies: str | Path | None = None,
+) -> CheckpointMeta:
+    """Train AnoMem on normal footage and write a calibrated checkpoint to `out`.
+
+    Args:
+        data: normal footage (Ped2 root = its train split, frame folders or videos).
+        out: checkpoint path; also the resume point, rewritten after every stage-1 epoch.
+        cfg: the experiment config.
+        version: model version string (default: data folder name and today's date).
+        resume: continue from `out` when it holds an unfinished run of the same config.
+        anomalies: optional frames of labelled anomalies (unbalanced setting; needs score 'classifier').
+    """
+    started = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    clips = load_clips(data, cfg.input, split="train")
+    fit_clips, holdout = split_holdout(clips, cfg.train.holdout_fraction)
+    inputs = model_inputs(fit_clips, cfg)
+    tqdm.write(f"training on {len(inputs)} frames from {len(fit_clips)} clips; {len(holdout)} clips held out")
+    model = build_model(cfg)
+    state = anomem_train.TrainState()
+    version = version or f"{Path(data).name}-{dt.date.today().isoformat()}"
+    meta = CheckpointMeta(
+        name=cfg.model.name, version=version, config=cfg, data_fingerprint=fingerprint(clips), complete=False
+    )
+    if resume and Path(out).is_file():
+        tensors, previous = load_checkpoint(out)
+        if previous.config != cfg or previous.data_fingerprint != meta.data_fingerprint:
+            raise ValueError(f"{out} was trained with another config or data; remove it or drop --resume")
+        if previous.complete:
+            tqdm.write(f"{out} is already complete; nothing to resume")
+            return previous
+        model.load_state_dict(tensors, strict=True)
+        state = anomem_train.TrainState(**previous.training.get("state", {}))
+        tqdm.write(f"resuming after stage-1 epoch {state.stage1_epochs_done}")
+
+    def save_progress(s: anomem_train.TrainState) -> None:
+        save_checkpoint(out, model.state_dict(), meta.model_copy(update={"training": {"state": asdict(s)}}))
+
+    anomem_train.train_stage1(model, inputs, cfg.train, state, on_epoch=save_progress)
+    stage2_started = time.perf_counter()
+    deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
+    anomem_train.fit_deviation_stats(model, deviations)
+    stacked = model.stack_maps(model.standardized(deviations))
+    anomalous = None
+    if anomalies is not None:
+        abnormal_inputs = model_inputs(load_clips(anomalies, cfg.input, split="train"), cfg)
+        anomalous = model.stack_maps(model.standardized(anomem_train.deviation_maps(model, abnormal_inputs)))
+    anomem_train.train_detector(model, stacked, cfg.train, state, anomalous)
+    calib_inputs = model_inputs(holdout, cfg) if holdout else inputs
+    raw, _ = score_inputs(model, calib_inputs, desc="calibration")
+    calibration = calibrate(raw, cfg.train.false_alarm_rate)
+    state.seconds += time.perf_counter() - stage2_started
+    meta = meta.model_copy(
+        update={
+            "calibration": calibration,
+            "complete": True,
+            "training": {
+                "state": asdict(state),
+                "train_frames": len(inputs),
+                "calibration_frames": len(calib_inputs),
+                "calibration_source": "held-out clips" if holdout else "training frames",
+                "wall_seconds": time.perf_counter() - started,
+                "threads": torch.get_num_threads(),
+            },
+        }
+    )
+    save_checkpoint(out, model.state_dict(), meta)
+    return meta
+
+
+def recalibrate(
+    checkpoint: str | Path, data: str | Path, false_alarm_rate: float, out: str | Path | None = None
+) -> Calibration:
+    """Re-threshold a checkpoint on held-out normal footage and store the calibration in it."""
+    model, meta = load_model(checkpoint)
+    clips = load_clips(data, meta.config.input, split="train")
+    raw, _ = score_inputs(model, model_inputs(clips, meta.config), desc="calibration")
+    calibration = calibrate(raw, false_alarm_rate)
+    meta = meta.model_copy(update={"calibration": calibration})
+    save_checkpoint(out or checkpoint, model.state_dict(), meta)
+    return calibration

@@ -1,0 +1,63 @@
+import pytest
+import torch
+
+from model.config import ConfigError, parse_config
+from model.pipeline import build_model
+from tests.conftest import TINY, tiny_config
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_forward_takes_uint8_and_returns_score_and_low_res_map(motion: bool) -> None:
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"motion": motion})})
+    model = build_model(cfg).eval()
+    frames = torch.randint(0, 256, (3, cfg.input.channels, 32, 48), dtype=torch.uint8)
+    score, heatmap = model(frames)
+    assert score.shape == (3,)
+    assert heatmap.shape == (3, 1, 4, 6)
+    assert torch.isfinite(score).all() and torch.isfinite(heatmap).all()
+
+
+def test_deviation_is_zero_where_features_equal_their_prototypes() -> None:
+    cfg = tiny_config(memories=[{"slots": 400, "dim": 140, "beta": 2000.0}] * 3, scales=[0])
+    model = build_model(cfg).eval()
+    frames = torch.randint(0, 256, (1, cfg.input.channels, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        desc = model.describe(*model.split_input(frames))
+        model.memories[0].initialize_slots(desc.maps[0])  # every position's feature is now a slot
+        deviation = model.raw_deviations(desc)[0]
+        assert deviation.shape == (1, 1, 16, 24)  # CIFAR stem: scale 0 is stride 2
+        assert deviation.max() < 1e-3
+        shifted = model.raw_deviations(model.describe(*model.split_input(255 - frames)))[0]
+        assert shifted.mean() > 0.1
+
+
+def test_one_scale_model_and_scale_weights() -> None:
+    model = build_model(tiny_config(scales=[2], scale_weights=[1.0])).eval()
+    score, heatmap = model(torch.zeros(2, 2, 32, 48, dtype=torch.uint8))
+    assert len(model.memories) == 1 and score.shape == (2,) and heatmap.shape == (2, 1, 4, 6)
+
+
+def test_detector_scores_drive_the_output_when_chosen() -> None:
+    model = build_model(tiny_config(score="svdd")).eval()
+    frames = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
+    score, _ = model(frames)
+    current, motion = model.split_input(frames)
+    maps = model.stack_maps(model.standardized(model.raw_deviations(model.describe(current, motion))))
+    torch.testing.assert_close(score, model.detector(maps))
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("model", "scales", [0, 5]),
+        ("train", "epochs", 0),
+        ("input", "height", 8),
+        ("model", "encoder", "vgg"),
+    ],
+)
+def test_bad_config_names_the_field(section: str, field: str, value: object) -> None:
+    data = {k: dict(v) for k, v in TINY.items()}
+    data[section][field] = value
+    with pytest.raises(ConfigError, match=f"{section}.{field}"):
+        parse_config(data, "cfg.yaml")

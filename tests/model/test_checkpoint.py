@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model.calibration import calibrate
+from model.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from model.pipeline import build_model, load_model
+from tests.conftest import tiny_config
+
+
+def _write(path: Path) -> torch.nn.Module:
+    cfg = tiny_config()
+    model = build_model(cfg).eval()
+    meta = CheckpointMeta(
+        name="anomem", version="t1", config=cfg, calibration=calibrate(torch.rand(50).numpy(), 0.1)
+    )
+    save_checkpoint(path, model.state_dict(), meta)
+    return model
+
+
+def test_round_trip_restores_weights_outputs_and_metadata(tmp_path: Path) -> None:
+    model = _write(tmp_path / "m.safetensors")
+    restored, meta = load_model(tmp_path / "m.safetensors")
+    frames = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        for a, b in zip(model(frames), restored(frames), strict=True):
+            torch.testing.assert_close(a, b)
+    assert meta.version == "t1" and meta.config == tiny_config() and meta.calibration is not None
+    assert len(meta.weights_sha256) == 64
+
+
+def test_altered_weights_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    _write(path)
+    tensors, meta = load_checkpoint(path)
+    tensors["memories.0.slots"] += 1.0
+    save_file(tensors, str(path), metadata={"anomon": meta.model_dump_json()})
+    with pytest.raises(CheckpointError, match="do not match the hash"):
+        load_checkpoint(path)
+
+
+def test_foreign_and_garbage_files_are_refused(tmp_path: Path) -> None:
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(CheckpointError, match="no anomon metadata"):
+        load_checkpoint(tmp_path / "foreign.safetensors")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(tmp_path / "garbage.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")

@@ -1,0 +1,37 @@
+import math
+
+import numpy as np
+import torch
+
+from model.anomem import losses
+from model.anomem.train import TrainState, train_stage1
+from model.data import load_clips
+from model.pipeline import build_model, model_inputs
+from tests.conftest import tiny_config
+
+
+def test_nt_xent_is_low_for_matching_views_and_high_for_random() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(16, 8)
+    matched = losses.nt_xent(z, z + 0.01 * torch.randn_like(z), temperature=0.2)
+    random = losses.nt_xent(z, torch.randn(16, 8), temperature=0.2)
+    assert matched < 0.5 < math.log(31) * 0.8 < random
+
+
+def test_slot_variance_penalizes_collapsed_slots_only() -> None:
+    collapsed = torch.ones(64, 16) + 1e-3 * torch.randn(64, 16)
+    spread = torch.randn(4096, 16)
+    assert losses.slot_variance(collapsed) > 0.2
+    assert losses.slot_variance(spread) < 0.01
+
+
+def test_stage1_losses_finite_and_decreasing(ped2_like) -> None:
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 6, "lr": 3e-3})})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    inputs = model_inputs(load_clips(ped2_like, cfg.input, split="train"), cfg)
+    state = train_stage1(model, inputs, cfg.train, TrainState())
+    assert len(state.stage1_losses) == 6
+    assert np.all(np.isfinite(state.stage1_losses))
+    assert np.mean(state.stage1_losses[-2:]) < state.stage1_losses[0]
