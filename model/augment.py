@@ -25,9 +25,9 @@ def random_views(
     theta[:, 1, 1] = side
     theta[:, 0, 2] = tx
     theta[:, 1, 2] = ty
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    gain = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3, generator=generator)
-    bias = torch.empty(b, 1, 1, 1).uniform_(-0.1, 0.1, generator=generator)
+    gain = torch.empty(b, 1, 1, 1).uniform_(0.7, 1.3, generator=generator).to(x.device)
+    bias = torch.empty(b, 1, 1, 1).uniform_(-0.1, 0.1, generator=generator).to(x.device)
     mean = out[:, :frame_channels].mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * gain + mean + bias).clamp(0, 1)

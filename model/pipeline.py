@@ -64,10 +64,11 @@ def score_inputs(
     """Raw scores [N] and anomaly maps [N, h, w] of uint8 model inputs."""
     model.eval()
     scores, maps = [], []
+    device = next(model.parameters()).device
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False):
-        s, m = model(torch.from_numpy(inputs[start : start + batch_size]))
-        scores.append(s.numpy())
-        maps.append(m[:, 0].numpy())
+        s, m = model(torch.from_numpy(inputs[start : start + batch_size]).to(device))
+        scores.append(s.cpu().numpy())
+        maps.append(m[:, 0].cpu().numpy())
     return np.concatenate(scores), np.concatenate(maps)
 
 
@@ -78,6 +79,7 @@ def train(
     version: str | None = None,
     resume: bool = False,
     anomalies: str | Path | None = None,
+    device: str = "cpu",
 ) -> CheckpointMeta:
     """Train AnoMem on normal footage and write a calibrated checkpoint to `out`.
 
@@ -88,6 +90,7 @@ def train(
         version: model version string (default: data folder name and today's date).
         resume: continue from `out` when it holds an unfinished run of the same config.
         anomalies: optional frames of labelled anomalies (unbalanced setting; needs score 'classifier').
+        device: torch device to train on ("cpu", "cuda"); the checkpoint is device-independent.
     """
     started = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
@@ -113,6 +116,7 @@ def train(
         model.load_state_dict(tensors, strict=True)
         state = anomem_train.TrainState(**previous.training.get("state", {}))
         tqdm.write(f"resuming after stage-1 epoch {state.stage1_epochs_done}")
+    model.to(device)
 
     def save_progress(s: anomem_train.TrainState) -> None:
         save_checkpoint(out, model.state_dict(), meta.model_copy(update={"training": {"state": asdict(s)}}))
@@ -121,11 +125,11 @@ def train(
     stage2_started = time.perf_counter()
     deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
     anomem_train.fit_deviation_stats(model, deviations)
-    stacked = model.stack_maps(model.standardized(deviations))
+    stacked = anomem_train.stacked_maps(model, deviations)
     anomalous = None
     if anomalies is not None:
         abnormal_inputs = model_inputs(load_clips(anomalies, cfg.input, split="train"), cfg)
-        anomalous = model.stack_maps(model.standardized(anomem_train.deviation_maps(model, abnormal_inputs)))
+        anomalous = anomem_train.stacked_maps(model, anomem_train.deviation_maps(model, abnormal_inputs))
     anomem_train.train_detector(model, stacked, cfg.train, state, anomalous)
     calib_inputs = model_inputs(holdout, cfg) if holdout else inputs
     raw, _ = score_inputs(model, calib_inputs, desc="calibration")
@@ -142,6 +146,7 @@ def train(
                 "calibration_source": "held-out clips" if holdout else "training frames",
                 "wall_seconds": time.perf_counter() - started,
                 "threads": torch.get_num_threads(),
+                "device": device,
             },
         }
     )

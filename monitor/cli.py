@@ -38,7 +38,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.pipeline import train
 
     cfg = load_config(args.config, _parse_overrides(args.set))
-    meta = train(args.data, args.out, cfg, version=args.version, resume=args.resume, anomalies=args.anomalies)
+    meta = train(
+        args.data,
+        args.out,
+        cfg,
+        version=args.version,
+        resume=args.resume,
+        anomalies=args.anomalies,
+        device=args.device,
+    )
     assert meta.calibration is not None
     print(
         f"wrote {args.out}: {meta.name} {meta.version}, trained in {meta.training['wall_seconds']:.0f} s, "
@@ -96,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--anomalies", help="labelled anomalous frames for the unbalanced setting (score: classifier)"
     )
+    p.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

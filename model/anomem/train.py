@@ -54,6 +54,10 @@ def _stage1_step(
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def initialize_memories(
     model: AnoMem, inputs: np.ndarray, generator: torch.Generator, samples: int = 64
@@ -61,7 +65,7 @@ def initialize_memories(
     """Seed every memory's slots with queries of real normal features (faster than random slots)."""
     pick = torch.randperm(len(inputs), generator=generator)[:samples].numpy()
     model.eval()
-    desc = model.describe(*model.split_input(torch.from_numpy(inputs[np.sort(pick)])))
+    desc = model.describe(*model.split_input(torch.from_numpy(inputs[np.sort(pick)]).to(_device(model))))
     for memory, v in zip(model.memories, desc.maps, strict=True):
         memory.initialize_slots(v, generator)
 
@@ -100,7 +104,7 @@ def train_stage1(
         bar = tqdm(range(steps), desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         for step in bar:
             idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
-            batch = torch.from_numpy(inputs[idx]).float() / 255.0
+            batch = torch.from_numpy(inputs[idx]).to(_device(model)).float() / 255.0
             loss, parts = _stage1_step(model, batch, cfg, epoch_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,8 +130,8 @@ def deviation_maps(
     model.eval()
     chunks: list[list[torch.Tensor]] = []
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False):
-        x = torch.from_numpy(inputs[start : start + batch_size])
-        chunks.append(model.raw_deviations(model.describe(*model.split_input(x))))
+        x = torch.from_numpy(inputs[start : start + batch_size]).to(_device(model))
+        chunks.append([d.cpu() for d in model.raw_deviations(model.describe(*model.split_input(x)))])
     return [torch.cat([c[i] for c in chunks]) for i in range(len(model.scales))]
 
 
@@ -146,8 +150,15 @@ def fit_deviation_stats(model: AnoMem, deviations: list[torch.Tensor]) -> None:
             std = d.std().expand(1, 1, *d.shape[-2:])
         std = std.clamp(min=0.5 * float(std.median()) + 1e-6)
         m, s = model.dev_stats(i)
-        m.copy_(mean)
-        s.copy_(std)
+        m.copy_(mean.to(m.device))
+        s.copy_(std.to(s.device))
+
+
+@torch.no_grad()
+def stacked_maps(model: AnoMem, deviations: list[torch.Tensor]) -> torch.Tensor:
+    """Standardized, upsampled deviation maps [N, L, h0, w0] (on the CPU) of raw per-scale deviations."""
+    device = _device(model)
+    return model.stack_maps(model.standardized([d.to(device) for d in deviations])).cpu()
 
 
 def train_detector(
@@ -159,6 +170,7 @@ def train_detector(
 ) -> None:
     """Stage 2 detector: Deep SVDD on normal maps, or a binary classifier when anomalies are labelled."""
     detector = model.detector
+    device = _device(model)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     classifier = detector.head_kind == "classifier"
     if classifier and (anomalous_stacked is None or len(anomalous_stacked) == 0):
@@ -166,7 +178,7 @@ def train_detector(
     detector.train()
     if not classifier:
         with torch.no_grad():
-            center = detector.embedding(normal_stacked[:512]).mean(dim=0)
+            center = detector.embedding(normal_stacked[:512].to(device)).mean(dim=0)
             # Keep every coordinate away from 0 so the center is not trivially reachable (Ruff et al.).
             eps = 0.1
             center[(center.abs() < eps) & (center < 0)] = -eps
