@@ -59,13 +59,15 @@ class AnoMemConfig(_Strict):
         MemoryConfig(slots=512),
         MemoryConfig(slots=1024),
     )
-    motion_weight: float = Field(2.0, ge=0)
+    motion_features: Literal["diff", "flow"] = "flow"
+    motion_weight: float = Field(0.5, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(8, ge=1)
     scale_weights: tuple[float, ...] | None = None
     map_sigma: float = Field(1.0, ge=0)
     score: Literal["oneclass", "svdd", "classifier"] = "oneclass"
     per_position_stats: bool = True
+    std_shrinkage: float = Field(0.5, ge=0, le=1)
 
     @field_validator("scales")
     @classmethod

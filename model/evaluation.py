@@ -45,7 +45,7 @@ def evaluate_clips(
     labelled = [c for c in clips if c.labels is not None]
     if not labelled:
         raise DataError("evaluation needs labelled clips (a Ped2 root with labels.json)")
-    labels, smoothed, pixel_scores, pixel_truth = [], [], [], []
+    labels, raw_scores, smoothed, pixel_scores, pixel_truth = [], [], [], [], []
     inference_seconds, frames = 0.0, 0
     for clip in tqdm(labelled, desc="evaluating clips", unit="clip"):
         inputs = with_motion(clip.frames, cfg.input)
@@ -57,12 +57,14 @@ def evaluate_clips(
             raise ValueError(f"clip {clip.name}: the model produced non-finite scores")
         assert clip.labels is not None
         labels.append(clip.labels)
+        raw_scores.append(raw)
         smoothed.append(causal_smooth(raw, smoothing_frames))
         if clip.mask_paths:
             size = (clip.source_size[0] // PIXEL_DOWNSCALE, clip.source_size[1] // PIXEL_DOWNSCALE)
             pixel_truth.append(_mask_stack(clip, size))
             pixel_scores.append(_maps_to(maps, size))
     result: dict[str, float | int | str] = dict(frame_aurocs(labels, smoothed))
+    result["auroc_causal_micro_unsmoothed"] = frame_aurocs(labels, raw_scores)["auroc_causal_micro"]
     result["pixel_auroc"] = (
         auroc(np.concatenate(pixel_truth), np.concatenate(pixel_scores)) if pixel_truth else float("nan")
     )

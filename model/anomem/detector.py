@@ -16,9 +16,11 @@ class DeviationDetector(nn.Module):
     labelled anomalies (the unbalanced setting).
     """
 
+    center: torch.Tensor
+
     def __init__(
         self, in_maps: int, width: int = 32, dim: int = 32, head: Literal["svdd", "classifier"] = "svdd"
-    ):
+    ) -> None:
         super().__init__()
         self.head_kind = head
         self.body = nn.Sequential(

@@ -50,6 +50,10 @@ def topk_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
 class AnoMem(nn.Module):
     """AnoMem network: encoder, one Hopfield memory per used scale, standardized deviation maps."""
 
+    scale_weights: torch.Tensor
+    map_kernel: torch.Tensor
+    sobel: torch.Tensor
+
     def __init__(self, cfg: AnoMemConfig, spec: InputSpec, load_pretrained: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
@@ -64,11 +68,11 @@ class AnoMem(nn.Module):
         if cfg.freeze_encoder:
             self.encoder.freeze()
         # Depthwise convolutions run about 1.7x faster channels-last on CPU (measured at 160x240).
-        self.encoder.to(memory_format=torch.channels_last)
+        self.encoder.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         extra = MOTION_CHANNELS if spec.motion else 0
         self.scales = list(cfg.scales)
         channels = [self.encoder.out_channels[s] + extra for s in self.scales]
-        self.memories = nn.ModuleList(
+        self.memories: list[HopfieldMemory] = nn.ModuleList(  # type: ignore[assignment]
             HopfieldMemory(c, cfg.memories[s].slots, cfg.memories[s].dim, cfg.memories[s].beta)
             for c, s in zip(channels, self.scales, strict=True)
         )
@@ -77,6 +81,8 @@ class AnoMem(nn.Module):
         weights = cfg.scale_weights or tuple(1.0 / len(self.scales) for _ in self.scales)
         self.register_buffer("scale_weights", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
+        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+        self.register_buffer("sobel", torch.stack([sobel, sobel.t()])[:, None], persistent=False)
         sizes = self.map_sizes()
         self.map_size = sizes[0]
         for i, (h, w) in enumerate(sizes[1:]):
@@ -101,13 +107,28 @@ class AnoMem(nn.Module):
         return getattr(self, f"dev_mean_{i}"), getattr(self, f"dev_std_{i}")
 
     def split_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 [B, C, H, W] -> (frame in [0, 1], |frame - previous| averaged over colour, or None)."""
+        """uint8 [B, C, H, W] -> (frame in [0, 1], motion field [B, 2, H, W] or None).
+
+        The motion field holds |frame - previous| and the spatial gradient magnitude, both averaged
+        over colour; their ratio per cell is the normal-flow speed (see `_pool_motion`).
+        """
         x = frames.float() / 255.0
         c = self.spec.frame_channels
         if not self.spec.motion:
             return x, None
         current, previous = x[:, :c], x[:, c:]
-        return current, (current - previous).abs().mean(dim=1, keepdim=True)
+        if self.cfg.motion_features == "flow":
+            # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
+            current_s = F.avg_pool2d(current, 3, stride=1, padding=1, count_include_pad=False)
+            previous_s = F.avg_pool2d(previous, 3, stride=1, padding=1, count_include_pad=False)
+            temporal = (current_s - previous_s).abs().mean(dim=1, keepdim=True)
+            mid = ((current_s + previous_s) / 2).mean(dim=1, keepdim=True)
+            gradient = (
+                F.conv2d(F.pad(mid, (1, 1, 1, 1), mode="replicate"), self.sobel).pow(2).sum(1, keepdim=True)
+            )
+            return current, torch.cat([temporal, gradient.add(1e-12).sqrt()], dim=1)
+        temporal = (current - previous).abs().mean(dim=1, keepdim=True)
+        return current, torch.cat([temporal, torch.zeros_like(temporal)], dim=1)
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
         """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""
@@ -116,7 +137,8 @@ class AnoMem(nn.Module):
         for s in self.scales:
             f = F.normalize(feats[s], dim=1)
             if motion is not None:
-                f = torch.cat([f, self.cfg.motion_weight * _pool_motion(motion, f.shape[-2:])], dim=1)
+                pooled = _pool_motion(motion, f.shape[-2:], self.cfg.motion_features)
+                f = torch.cat([f, self.cfg.motion_weight * pooled], dim=1)
             maps.append(f)
         return Descriptors(maps=maps, last_features=feats[max(self.scales)])
 
@@ -169,13 +191,22 @@ def _projection_head(channels: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(channels, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
 
 
-def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Mean and max of the motion map over each cell of a feature grid: [B, 1, H, W] -> [B, 2, h, w]."""
+def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int], kind: str) -> torch.Tensor:
+    """Motion statistics over each cell of a feature grid: [B, 2, H, W] -> [B, 2, h, w].
+
+    `diff`: mean and max |frame difference|. `flow`: mean |frame difference| and the normal-flow
+    speed sum|dI/dt| / sum|grad I| (optical-flow constraint; pixels per frame, independent of the
+    object's contrast, so a cyclist reads about three times a walker).
+    """
     h, w = int(size[0]), int(size[1])
     kh, kw = math.ceil(motion.shape[-2] / h), math.ceil(motion.shape[-1] / w)
-    mean = F.avg_pool2d(motion, (kh, kw), ceil_mode=True)
-    peak = F.max_pool2d(motion, (kh, kw), ceil_mode=True)
-    pooled = torch.cat([mean, peak], dim=1)
+    temporal = motion[:, :1]
+    mean = F.avg_pool2d(temporal, (kh, kw), ceil_mode=True)
+    if kind == "flow":
+        second = mean / (F.avg_pool2d(motion[:, 1:], (kh, kw), ceil_mode=True) + 0.01)
+    else:
+        second = F.max_pool2d(temporal, (kh, kw), ceil_mode=True)
+    pooled = torch.cat([mean, second], dim=1)
     if pooled.shape[-2:] != (h, w):
         pooled = F.interpolate(pooled, size=(h, w), mode="nearest")
     return pooled

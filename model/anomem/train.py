@@ -40,7 +40,9 @@ def _stage1_step(
     if not model.cfg.freeze_encoder and cfg.w_contrastive > 0:
         z = [model.instance_head(d.last_features.mean(dim=(2, 3))) for d in descs]
         terms["contrastive"] = cfg.w_contrastive * losses.nt_xent(z[0], z[1], cfg.temperature)
-    mc, fit, var = [], [], []
+    mc: list[torch.Tensor] = []
+    fit: list[torch.Tensor] = []
+    var: list[torch.Tensor] = []
     for i, head in enumerate(model.heads):
         f0 = head(descs[0].maps[i].mean(dim=(2, 3)))
         r1 = head(readouts[1][i].mean(dim=(2, 3)))
@@ -137,21 +139,24 @@ def deviation_maps(
 
 @torch.no_grad()
 def fit_deviation_stats(model: AnoMem, deviations: list[torch.Tensor]) -> None:
-    """Per-position (or per-scale) mean and std of each deviation map over normal frames.
+    """Mean and std of each deviation map over normal frames, per position or per scale.
 
-    The std is floored at half its median so that a spot where nothing ever moves cannot turn
-    a tiny change into a huge standardized deviation.
+    Per position, the variance is shrunk towards the scale's pooled variance (weight
+    `std_shrinkage`): a spot that training footage rarely shows in motion would otherwise turn an
+    ordinary passer-by into a huge standardized deviation.
     """
+    shrink = model.cfg.std_shrinkage
     for i, d in enumerate(deviations):
         if model.cfg.per_position_stats:
-            mean, std = d.mean(dim=0, keepdim=True), d.std(dim=0, keepdim=True)
+            mean = d.mean(dim=0, keepdim=True)
+            pooled_var = (d - mean).var()
+            std = ((1 - shrink) * d.var(dim=0, keepdim=True) + shrink * pooled_var).sqrt()
         else:
             mean = d.mean().expand(1, 1, *d.shape[-2:])
             std = d.std().expand(1, 1, *d.shape[-2:])
-        std = std.clamp(min=0.5 * float(std.median()) + 1e-6)
         m, s = model.dev_stats(i)
         m.copy_(mean.to(m.device))
-        s.copy_(std.to(s.device))
+        s.copy_(std.clamp(min=1e-6).to(s.device))
 
 
 @torch.no_grad()
@@ -189,6 +194,7 @@ def train_detector(
     if classifier and anomalous_stacked is not None:
         maps = torch.cat([normal_stacked, anomalous_stacked])
         targets = torch.cat([targets, torch.ones(len(anomalous_stacked))])
+    maps, targets = maps.to(device), targets.to(device)
     pos_weight = (targets == 0).sum() / max(1, int((targets == 1).sum()))
     optimizer = torch.optim.Adam(detector.parameters(), lr=cfg.detector_lr, weight_decay=1e-6)
     batch = 64
@@ -196,7 +202,7 @@ def train_detector(
         order = torch.randperm(len(maps), generator=generator)
         total, count = 0.0, 0
         for start in range(0, len(maps), batch):
-            idx = order[start : start + batch]
+            idx = order[start : start + batch].to(device)
             if classifier:
                 logits = detector(maps[idx])
                 loss = nn.functional.binary_cross_entropy_with_logits(

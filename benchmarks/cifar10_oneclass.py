@@ -1,0 +1,444 @@
+"""CIFAR-10 one-class benchmark of AnoMem (MODELS.md, "CIFAR-10 one-class").
+
+For each normal class c: train AnoMem (ResNet-18, CIFAR stem, from scratch) on the 5000 training
+images of c, fit the deviation statistics on them, train the Deep-SVDD detector, then score the
+10000 test images with the one-class score and with the detector. AUROC with label = (class != c).
+
+Settings are chosen a priori (never from test labels). With `--epochs auto` the number of stage-1
+epochs is derived from the measured training speed and a per-class time budget, so the run fits a
+fixed GPU budget; the number used is recorded in the results.
+
+Examples:
+    python benchmarks/cifar10_oneclass.py --pack .cifar/cifar10.npz      # compact copy of the data
+    python benchmarks/cifar10_oneclass.py --data .cifar/cifar10.npz --epochs 30
+    python benchmarks/cifar10_oneclass.py --limit-train 200 --limit-test 500 --epochs 1 --classes 0
+    python benchmarks/cifar10_oneclass.py --merge a.json b.json          # combine partial runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import platform
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from model.anomem.train import (  # noqa: E402
+    TrainState,
+    deviation_maps,
+    fit_deviation_stats,
+    stacked_maps,
+    train_detector,
+    train_stage1,
+)
+from model.config import ExperimentConfig, parse_config  # noqa: E402
+from model.metrics import auroc  # noqa: E402
+from model.pipeline import build_model, score_inputs  # noqa: E402
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_jpg.zip"
+SPLITS = ("train", "test")
+
+# Published one-class CIFAR-10 mean AUROCs (MODELS.md / brief), for the markdown table.
+REFERENCES = {"Deep SVDD": 64.8, "GEOM": 86.0, "CSI": 94.3}
+
+
+# --------------------------------------------------------------------------------------------- data
+def _members(zf: zipfile.ZipFile) -> list[tuple[str, int, int, str]]:
+    """(split, class index, image index, member name) of every JPEG in the zip, sorted."""
+    out = []
+    for name in zf.namelist():
+        parts = name.split("/")
+        if len(parts) != 3 or not parts[2].endswith(".jpg") or parts[0] not in SPLITS:
+            continue
+        out.append((parts[0], CLASSES.index(parts[1]), int(parts[2][:-4]), name))
+    return sorted(out, key=lambda m: (SPLITS.index(m[0]), m[1], m[2]))
+
+
+def pack(zip_path: Path, out: Path) -> None:
+    """Write the JPEG bytes of the zip, concatenated and zlib-compressed, with their index (~18 MB).
+
+    The JPEG headers repeat in every file, so compressing the concatenation shrinks it about 3x;
+    decoding happens where the benchmark runs (the copy stays bit-identical to the zip's JPEGs).
+    """
+    with zipfile.ZipFile(zip_path) as zf:
+        members = _members(zf)
+        blobs = [zf.read(m[3]) for m in tqdm(members, desc="reading JPEGs", unit="img")]
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        jpeg=np.frombuffer(b"".join(blobs), dtype=np.uint8),
+        offsets=offsets,
+        split=np.array([SPLITS.index(m[0]) for m in members], dtype=np.uint8),
+        label=np.array([m[1] for m in members], dtype=np.uint8),
+    )
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(members)} images)")
+
+
+def _decode(jpeg: bytes) -> np.ndarray:
+    import cv2  # only needed here
+
+    img = cv2.imdecode(np.frombuffer(jpeg, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.shape != (32, 32, 3):
+        raise ValueError("not a 32x32 colour JPEG")
+    return img[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
+
+
+def load_cifar(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train'|'test': (uint8 images [N, 3, 32, 32] RGB, class labels [N])} from the zip or a packed .npz."""
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            blob, offsets, split, label = z["jpeg"].tobytes(), z["offsets"], z["split"], z["label"]
+        jpegs = [blob[offsets[i] : offsets[i + 1]] for i in range(len(label))]
+    else:
+        with zipfile.ZipFile(path) as zf:
+            members = _members(zf)
+            jpegs = [zf.read(m[3]) for m in members]
+        split = np.array([SPLITS.index(m[0]) for m in members], dtype=np.uint8)
+        label = np.array([m[1] for m in members], dtype=np.uint8)
+    images = np.stack([_decode(j) for j in tqdm(jpegs, desc="decoding", unit="img", mininterval=2)])
+    return {s: (images[split == i], label[split == i].astype(np.int64)) for i, s in enumerate(SPLITS)}
+
+
+def subsample(images: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> tuple:
+    """A fixed random subset (for quick checks); the whole set when limit is None."""
+    if limit is None or limit >= len(images):
+        return images, labels
+    pick = np.sort(np.random.default_rng(seed).permutation(len(images))[:limit])
+    return images[pick], labels[pick]
+
+
+# -------------------------------------------------------------------------------------------- model
+def make_config(args: argparse.Namespace, epochs: int) -> ExperimentConfig:
+    return parse_config(
+        {
+            "input": {"height": 32, "width": 32, "color": True, "motion": False},
+            "model": {
+                "encoder": "resnet18",
+                "pretrained": False,
+                "freeze_encoder": False,
+                "per_position_stats": False,
+                "scales": [0, 1, 2],
+                "score": "oneclass",
+            },
+            "train": {
+                "seed": args.seed,
+                "epochs": epochs,
+                "batch_size": args.batch_size,
+                "frames_per_epoch": None,
+                "lr": args.lr,
+                "weight_decay": args.weight_decay,
+                "temperature": args.temperature,
+                "crop_scale": list(args.crop_scale),
+                "detector_epochs": args.detector_epochs,
+                "detector_lr": args.detector_lr,
+            },
+        },
+        source="cifar10_oneclass",
+    )
+
+
+def with_score(cfg: ExperimentConfig, score: str) -> ExperimentConfig:
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"score": score})})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def probe_seconds_per_step(cfg: ExperimentConfig, inputs: np.ndarray, device: torch.device) -> float:
+    """Seconds per stage-1 step (steady state) on a throwaway model: 8 warm-up steps, 16 timed."""
+    timings = []
+    for steps in (8, 16):
+        probe_cfg = cfg.train.model_copy(
+            update={"epochs": 1, "frames_per_epoch": steps * cfg.train.batch_size}
+        )
+        torch.manual_seed(cfg.train.seed)
+        model = build_model(cfg, load_pretrained=False).to(device)
+        _sync(device)
+        started = time.perf_counter()
+        train_stage1(model, inputs, probe_cfg, TrainState())
+        _sync(device)
+        timings.append((time.perf_counter() - started) / steps)
+        del model
+    return timings[-1]
+
+
+def run_class(
+    c: int,
+    cfg: ExperimentConfig,
+    train_x: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    device: torch.device,
+    score_batch: int,
+) -> dict[str, Any]:
+    """Train on class c's training images and score the test set; returns the class's results."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, load_pretrained=False).to(device)
+    state = TrainState()
+    _sync(device)
+    t0 = time.perf_counter()
+    train_stage1(model, train_x, cfg.train, state)
+    _sync(device)
+    t1 = time.perf_counter()
+    deviations = deviation_maps(model, train_x, batch_size=score_batch, desc="train deviations")
+    fit_deviation_stats(model, deviations)
+    train_detector(model, stacked_maps(model, deviations), cfg.train, state)
+    _sync(device)
+    t2 = time.perf_counter()
+    labels = (test_y != c).astype(np.int64)
+    oneclass, _ = score_inputs(model, test_x, batch_size=score_batch, desc="scoring oneclass")
+    svdd_model = build_model(with_score(cfg, "svdd"), load_pretrained=False)
+    svdd_model.load_state_dict(model.state_dict(), strict=True)
+    svdd_model.to(device)
+    svdd, _ = score_inputs(svdd_model, test_x, batch_size=score_batch, desc="scoring svdd")
+    _sync(device)
+    t3 = time.perf_counter()
+    for name, s in (("oneclass", oneclass), ("svdd", svdd)):
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"class {c}: non-finite {name} scores")
+    return {
+        "class": c,
+        "name": CLASSES[c],
+        "auroc_oneclass": auroc(labels, oneclass),
+        "auroc_svdd": auroc(labels, svdd),
+        "train_images": len(train_x),
+        "test_images": len(test_x),
+        "test_anomalies": int(labels.sum()),
+        "stage1_seconds": t1 - t0,
+        "stage2_seconds": t2 - t1,
+        "train_seconds": t2 - t0,
+        "score_seconds": t3 - t2,
+        "stage1_losses": [round(v, 5) for v in state.stage1_losses],
+        "detector_final_loss": state.detector_losses[-1] if state.detector_losses else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------ reports
+def summarize(results: dict[str, Any]) -> dict[str, Any]:
+    per_class = sorted(results["classes"], key=lambda r: r["class"])
+    results["classes"] = per_class
+    for key in ("oneclass", "svdd"):
+        vals = [r[f"auroc_{key}"] for r in per_class]
+        results[f"mean_auroc_{key}"] = float(np.mean(vals)) if vals else None
+    results["complete"] = sorted(r["class"] for r in per_class) == list(range(10))
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    t = results["config"]["train"]
+    lines = [
+        "# AnoMem, CIFAR-10 one-class (AUROC %)",
+        "",
+        f"ResNet-18 (CIFAR stem, from scratch), {results.get('epochs')} stage-1 epoch(s) over the "
+        f"{results['classes'][0]['train_images'] if results['classes'] else '?'} training images of the "
+        f"normal class, {results['classes'][0]['test_images'] if results['classes'] else '?'} test images "
+        f"scored, batch {t['batch_size']}, lr {t['lr']}, crop {t['crop_scale']}; "
+        f"{results.get('device_name')}; torch {results.get('torch')}.",
+        "",
+        "| class | one-class score | Deep-SVDD detector | train s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in results["classes"]:
+        lines.append(
+            f"| {r['class']} {r['name']} | {100 * r['auroc_oneclass']:.1f} | {100 * r['auroc_svdd']:.1f} "
+            f"| {r['train_seconds']:.0f} |"
+        )
+    if results["classes"]:
+        n = len(results["classes"])
+        label = "**mean**" if results["complete"] else f"**mean of {n} classes**"
+        total = sum(r["train_seconds"] for r in results["classes"])
+        lines.append(
+            f"| {label} | **{100 * results['mean_auroc_oneclass']:.1f}** | "
+            f"**{100 * results['mean_auroc_svdd']:.1f}** | {total:.0f} |"
+        )
+    lines += [
+        "",
+        "Published means for reference: " + ", ".join(f"{k} {v}" for k, v in REFERENCES.items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_outputs(results: dict[str, Any], json_path: Path, md_path: Path) -> None:
+    summarize(results)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    md_path.write_text(markdown(results))
+
+
+def merge(paths: list[Path], json_path: Path, md_path: Path) -> None:
+    parts = [json.loads(p.read_text()) for p in paths]
+    base = parts[0]
+    for other in parts[1:]:
+        if other["config"] != base["config"]:
+            raise SystemExit("cannot merge runs with different configs")
+    by_class = {r["class"]: r for p in parts for r in p["classes"]}
+    merged = dict(base)
+    merged["classes"] = list(by_class.values())
+    merged["runs"] = [{k: p.get(k) for k in ("command", "wall_seconds", "device_name")} for p in parts]
+    merged["wall_seconds"] = sum(p.get("wall_seconds", 0.0) for p in parts)
+    write_outputs(merged, json_path, md_path)
+    print(markdown(merged))
+
+
+# ---------------------------------------------------------------------------------------------- cli
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="AnoMem CIFAR-10 one-class benchmark (train on one class, score all 10000 test images).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="cifar10_jpg.zip or a --pack'ed .npz")
+    p.add_argument("--pack", type=Path, default=None, help="write a compact copy of --data here and exit")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, help="merge result JSONs and exit")
+    p.add_argument("--classes", type=int, nargs="+", default=list(range(10)), help="normal classes to run")
+    p.add_argument(
+        "--epochs", default="auto", help="stage-1 epochs, or 'auto': from measured speed and --class-seconds"
+    )
+    p.add_argument(
+        "--class-seconds", type=float, default=80.0, help="stage-1 seconds per class for --epochs auto"
+    )
+    p.add_argument("--max-epochs", type=int, default=200, help="upper bound for --epochs auto")
+    p.add_argument("--batch-size", type=int, default=256, help="stage-1 batch (two views each)")
+    p.add_argument("--lr", type=float, default=1e-3, help="stage-1 AdamW learning rate (cosine)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="stage-1 AdamW weight decay")
+    p.add_argument("--temperature", type=float, default=0.3, help="NT-Xent temperature")
+    p.add_argument(
+        "--crop-scale", type=float, nargs=2, default=(0.2, 1.0), help="random resized crop area range"
+    )
+    p.add_argument("--detector-epochs", type=int, default=10, help="Deep-SVDD detector epochs")
+    p.add_argument("--detector-lr", type=float, default=1e-3, help="Deep-SVDD detector learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of model init, augmentation and subsets")
+    p.add_argument("--device", default="auto", help="'auto' (cuda when available), 'cpu', 'cuda', ...")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True, help="TF32 matmuls/convs")
+    p.add_argument("--score-batch", type=int, default=1000, help="batch size for deviations and scoring")
+    p.add_argument("--limit-train", type=int, default=None, help="use only N training images (quick checks)")
+    p.add_argument("--limit-test", type=int, default=None, help="score only N test images (quick checks)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--json", type=Path, default=ROOT / "benchmarks/results/cifar10_oneclass.json", help="results JSON"
+    )
+    p.add_argument(
+        "--md", type=Path, default=ROOT / "benchmarks/results/cifar10_oneclass.md", help="markdown table"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.pack is not None:
+        pack(args.data, args.pack)
+        return
+    if args.merge is not None:
+        merge(args.merge, args.json, args.md)
+        return
+    if any(c not in range(10) for c in args.classes):
+        raise SystemExit("--classes must be among 0..9")
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cudnn.benchmark = True
+    device_name = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    )
+    print(f"device {device} ({device_name}), torch {torch.__version__}, classes {args.classes}", flush=True)
+
+    data = load_cifar(args.data)
+    train_all, train_lab = data["train"]
+    test_x, test_y = subsample(*data["test"], args.limit_test, args.seed)
+    checksum = hashlib.sha256(train_all.tobytes() + data["test"][0].tobytes()).hexdigest()
+    print(
+        f"decoded {len(train_all)} train / {len(data['test'][0])} test images "
+        f"(sha256 {checksum[:16]}) in {time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+
+    def class_train(c: int) -> np.ndarray:
+        x, _ = subsample(train_all[train_lab == c], train_lab[train_lab == c], args.limit_train, args.seed)
+        return np.ascontiguousarray(x)
+
+    probe = None
+    if args.epochs == "auto":
+        cfg1 = make_config(args, 1)
+        x0 = class_train(args.classes[0])
+        sec_per_step = probe_seconds_per_step(cfg1, x0, device)
+        steps = max(1, len(x0) // args.batch_size)
+        epochs = int(max(1, min(args.max_epochs, math.floor(args.class_seconds / (sec_per_step * steps)))))
+        probe = {
+            "seconds_per_step": sec_per_step,
+            "steps_per_epoch": steps,
+            "class_seconds": args.class_seconds,
+        }
+        print(
+            f"probe: {sec_per_step * 1000:.1f} ms/step x {steps} steps/epoch -> {epochs} epochs "
+            f"for {args.class_seconds:.0f}s of stage 1 per class",
+            flush=True,
+        )
+    else:
+        epochs = int(args.epochs)
+    cfg = make_config(args, epochs)
+
+    results: dict[str, Any] = {
+        "benchmark": "CIFAR-10 one-class (train on one class's 5000 training images; "
+        "score the 10000 test images; label = class != normal class)",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "tf32": args.tf32 if device.type == "cuda" else None,
+        "epochs": epochs,
+        "epochs_probe": probe,
+        "data": args.data.name,
+        "data_sha256": checksum,
+        "limit_train": args.limit_train,
+        "limit_test": args.limit_test,
+        "config": cfg.model_dump(mode="json"),
+        "classes": [],
+    }
+    for c in args.classes:
+        print(f"== class {c} ({CLASSES[c]}) ==", flush=True)
+        r = run_class(c, cfg, class_train(c), test_x, test_y, device, args.score_batch)
+        results["classes"].append(r)
+        results["wall_seconds"] = time.perf_counter() - started
+        write_outputs(results, args.json, args.md)
+        print(
+            f"class {c} ({CLASSES[c]}): AUROC oneclass {100 * r['auroc_oneclass']:.2f}  "
+            f"svdd {100 * r['auroc_svdd']:.2f}  (stage 1 {r['stage1_seconds']:.0f}s, "
+            f"stage 2 {r['stage2_seconds']:.1f}s, scoring {r['score_seconds']:.1f}s, "
+            f"final loss {r['stage1_losses'][-1]:.3f})",
+            flush=True,
+        )
+    results["wall_seconds"] = time.perf_counter() - started
+    write_outputs(results, args.json, args.md)
+    print(markdown(results))
+    print(f"wrote {args.json} and {args.md}; wall {results['wall_seconds']:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
