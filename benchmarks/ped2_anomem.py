@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "anomem-effnet-3scales-motion": {},
     "one-scale": {"model.scales": [2]},
     "no-motion": {"input.motion": False},
+    "global-stats": {"model.per_position_stats": False},
     # Back-propagating through ResNet-18 costs about 3x a frozen-encoder step on 2 cores: half the epochs.
     "resnet18-scratch": {
         "model.encoder": "resnet18",
@@ -86,19 +87,21 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         f"| {r.get('train_seconds_recorded', '(shared)')} |"
         for r in rows
     ]
+    protocol = (
+        "Protocol (MODELS.md): train on train/ only (2 of 16 clips held out for calibration); all 2010 "
+        "test frames. Causal micro = pooled AUROC of scores causally smoothed over the past "
+        f"{rows[0]['smoothing_frames']} frames (what the live monitor sees; the headline). Unsmoothed = the "
+        "same with no smoothing. Paper micro = per-video min-max of the same smoothed scores, pooled (the "
+        "published protocol). Macro = mean per-clip AUROC over clips with both classes. Pixel AUROC = "
+        "anomaly maps vs masks/ at half resolution (120x180), pooled over all test frames. Scoring fps = "
+        "model forward (PyTorch eager, CPU, batch 32) over the test set. Train s = wall time of "
+        "`anomon train` (stage 1 + stage 2 + calibration) on this CPU."
+    )
     return (
         "# AnoMem on UCSD Ped2\n\n"
-        f"Command: `{env['command']}`  \nMachine: {env['machine']}, torch {env['torch']}, {env['threads']} threads.\n\n"
-        "Protocol (MODELS.md): train on train/ only (2 of 16 clips held out for calibration); all 2010 test frames. "
-        "Causal micro = pooled AUROC of scores causally smoothed over the past "
-        f"{rows[0]['smoothing_frames']} frames (what the live monitor sees; the headline). Unsmoothed = the same with "
-        "no smoothing. Paper micro = per-video min-max of the same smoothed scores, pooled (the published protocol). "
-        "Macro = mean per-clip AUROC over clips with both classes. Pixel AUROC = anomaly maps vs masks/ at half "
-        "resolution (120x180), pooled over all test frames. Scoring fps = model forward (PyTorch eager, CPU, batch 32) "
-        "over the test set. Train s = wall time of `anomon train` (stage 1 + stage 2 + calibration) on this CPU.\n\n"
-        + head
-        + "\n".join(lines)
-        + "\n"
+        f"Command: `{env['command']}`  \n"
+        f"Machine: {env['machine']}, torch {env['torch']}, {env['threads']} threads.\n\n"
+        f"{protocol}\n\n{head}" + "\n".join(lines) + "\n"
     )
 
 

@@ -60,7 +60,7 @@ class AnoMemConfig(_Strict):
         MemoryConfig(slots=1024),
     )
     motion_features: Literal["diff", "flow"] = "flow"
-    motion_weight: float = Field(0.5, ge=0)
+    motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(8, ge=1)
     scale_weights: tuple[float, ...] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,9 +96,11 @@ def train_stage1(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = min(cfg.frames_per_epoch or len(inputs), len(inputs))
     steps = max(1, per_epoch // cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
-    for _ in range(state.stage1_epochs_done * steps):
-        schedule.step()
+    total_steps, done_steps = cfg.epochs * steps, state.stage1_epochs_done * steps
+    # Cosine decay over the whole run; a resumed run picks up the schedule where it stopped.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i + done_steps, total_steps) / total_steps))
+    )
     for epoch in range(state.stage1_epochs_done, cfg.epochs):
         epoch_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = torch.randperm(len(inputs), generator=epoch_gen)[: steps * cfg.batch_size].numpy()

@@ -21,14 +21,14 @@ def test_forward_takes_uint8_and_returns_score_and_low_res_map(motion: bool) -> 
 def test_deviation_is_zero_where_features_equal_their_prototypes() -> None:
     cfg = tiny_config(memories=[{"slots": 400, "dim": 140, "beta": 2000.0}] * 3, scales=[0])
     model = build_model(cfg).eval()
-    frames = torch.randint(0, 256, (1, cfg.input.channels, 32, 48), dtype=torch.uint8)
+    still = torch.randint(0, 256, (1, 1, 32, 48), dtype=torch.uint8).repeat(1, 2, 1, 1)  # no motion
     with torch.no_grad():
-        desc = model.describe(*model.split_input(frames))
-        model.memories[0].initialize_slots(desc.maps[0])  # every position's feature is now a slot
+        desc = model.describe(*model.split_input(still))
+        model.memories[0].initialize_slots(desc.maps[0])  # every position's descriptor is now a slot
         deviation = model.raw_deviations(desc)[0]
         assert deviation.shape == (1, 1, 16, 24)  # CIFAR stem: scale 0 is stride 2
         assert deviation.max() < 1e-3
-        shifted = model.raw_deviations(model.describe(*model.split_input(255 - frames)))[0]
+        shifted = model.raw_deviations(model.describe(*model.split_input(255 - still)))[0]
         assert shifted.mean() > 0.1
 
 

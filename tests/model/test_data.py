@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from model.config import InputSpec
+from model.data import DataError, load_clips, with_motion
+
+
+def test_ped2_layout_gives_labels_masks_and_model_size(ped2_like: Path) -> None:
+    spec = InputSpec(height=32, width=48)
+    train = load_clips(ped2_like, spec, split="train")
+    test = load_clips(ped2_like, spec, split="test")
+    assert [c.name for c in train] == ["01", "02", "03"] and all(c.labels is None for c in train)
+    assert test[0].frames.shape == (24, 1, 32, 48) and test[0].frames.dtype == np.uint8
+    assert test[0].labels is not None and test[0].labels.sum() == 14
+    assert test[0].mask_paths is not None and len(test[0].mask_paths) == 24
+    assert test[0].source_size == (60, 90)
+
+
+def test_video_file_and_single_frame_folder(tmp_path: Path) -> None:
+    video = tmp_path / "cam.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for t in range(12):
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[:, t * 4 : t * 4 + 8] = (0, 0, 255)
+        writer.write(frame)
+    writer.release()
+    (clip,) = load_clips(video, InputSpec(height=32, width=32, color=True))
+    assert clip.frames.shape == (12, 3, 32, 32)
+    assert clip.frames[0, 0].max() > 200 > clip.frames[0, 2].max()  # RGB order: red stays in channel 0
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(5):
+        cv2.imwrite(str(folder / f"{t:03d}.png"), np.full((40, 40), t * 40, np.uint8))
+    (clip,) = load_clips(folder, InputSpec(height=32, width=32))
+    assert clip.frames.shape == (5, 1, 32, 32) and clip.frames[4].mean() == 160
+
+
+def test_motion_pairs_each_frame_with_its_predecessor() -> None:
+    frames = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1).repeat(2, axis=2)
+    paired = with_motion(frames, InputSpec(height=32, width=32, motion=True))
+    assert paired.shape == (4, 2, 2, 1)
+    np.testing.assert_array_equal(paired[:, 1, 0, 0], [0, 0, 1, 2])
+    assert with_motion(frames, InputSpec(height=32, width=32, motion=False)) is frames
+
+
+def test_unreadable_paths_raise_data_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_clips(tmp_path / "nope", InputSpec())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no frames"):
+        load_clips(tmp_path / "empty", InputSpec())
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "000.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot decode"):
+        load_clips(tmp_path / "bad", InputSpec())

@@ -1,0 +1,60 @@
+"""Training pipeline behaviours beyond the CLI smoke test: resume, the unbalanced classifier."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model import pipeline
+from model.anomem import train as anomem_train
+from model.checkpoint import load_checkpoint
+from model.pseudo_anomaly import add_moving_patches
+from tests.conftest import tiny_config
+
+
+def test_interrupted_run_resumes_after_its_last_epoch(ped2_like: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run.safetensors"
+    cfg = tiny_config()
+
+    def crash(*args, **kwargs):  # a crash between stage 1 and stage 2 cannot be caused by real input
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(anomem_train, "train_detector", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        pipeline.train(ped2_like, out, cfg)
+    _, partial = load_checkpoint(out)
+    assert not partial.complete
+    assert partial.training["state"]["stage1_epochs_done"] == cfg.train.epochs
+    losses_before = partial.training["state"]["stage1_losses"]
+    monkeypatch.undo()
+    meta = pipeline.train(ped2_like, out, cfg, resume=True)
+    assert meta.complete and meta.calibration is not None
+    assert meta.training["state"]["stage1_losses"] == losses_before  # stage 1 was not run again
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(ped2_like: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.safetensors"
+    pipeline.train(ped2_like, out, tiny_config())
+    with pytest.raises(ValueError, match="another config"):
+        pipeline.train(ped2_like, out, tiny_config(topk=2), resume=True)
+
+
+def test_unbalanced_setting_trains_a_classifier_on_labelled_anomalies(
+    ped2_like: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "clf.safetensors"
+    meta = pipeline.train(ped2_like, out, tiny_config(score="classifier"), anomalies=ped2_like / "test")
+    assert meta.complete and meta.config.model.score == "classifier"
+    model, _ = pipeline.load_model(out)
+    assert model.detector.head_kind == "classifier"
+    with pytest.raises(ValueError, match="needs labelled anomalous frames"):
+        pipeline.train(ped2_like, tmp_path / "x.safetensors", tiny_config(score="classifier"))
+
+
+def test_pseudo_anomalies_mark_exactly_the_changed_frames() -> None:
+    frames = torch.randint(0, 256, (120, 1, 32, 48), dtype=torch.uint8).numpy()
+    changed, labels = add_moving_patches(frames, np.random.default_rng(0))
+    differs = (changed != frames).reshape(len(frames), -1).any(axis=1)
+    assert labels.sum() > 0 and (labels == 0).sum() > 0
+    assert not differs[labels == 0].any()
