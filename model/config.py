@@ -95,6 +95,9 @@ class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=2)
     frames_per_epoch: int | None = Field(1200, ge=2)
     lr: float = Field(2e-3, gt=0)
+    encoder_lr: float | None = Field(
+        None, gt=0, description="encoder learning rate when it trains (default: lr)"
+    )
     weight_decay: float = Field(1e-4, ge=0)
     temperature: float = Field(0.3, gt=0)
     w_contrastive: float = Field(1.0, ge=0)

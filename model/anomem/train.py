@@ -93,7 +93,12 @@ def train_stage1(
     if state.stage1_epochs_done == 0:
         initialize_memories(model, inputs, generator)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    encoder_ids = {id(p) for p in model.encoder.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) not in encoder_ids], "lr": cfg.lr},
+        {"params": [p for p in params if id(p) in encoder_ids], "lr": cfg.encoder_lr or cfg.lr},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     per_epoch = min(cfg.frames_per_epoch or len(inputs), len(inputs))
     steps = max(1, per_epoch // cfg.batch_size)
     total_steps, done_steps = cfg.epochs * steps, state.stage1_epochs_done * steps
