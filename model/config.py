@@ -52,7 +52,7 @@ class AnoMemConfig(_Strict):
     name: Literal["anomem"] = "anomem"
     encoder: Literal["efficientnet_lite0", "resnet18"] = "efficientnet_lite0"
     pretrained: bool = True
-    freeze_encoder: bool = True
+    freeze_encoder: bool = False
     scales: tuple[int, ...] = (0, 1, 2)
     memories: tuple[MemoryConfig, ...] = (
         MemoryConfig(slots=256),
@@ -91,12 +91,13 @@ class TrainConfig(_Strict):
     """Stage 1 (representation + memory) and stage 2 (statistics, detector) training settings."""
 
     seed: int = 0
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=2)
     frames_per_epoch: int | None = Field(1200, ge=2)
     lr: float = Field(2e-3, gt=0)
+    # Fine-tuning a pretrained encoder wants a far smaller step than the freshly initialised memories.
     encoder_lr: float | None = Field(
-        None, gt=0, description="encoder learning rate when it trains (default: lr)"
+        1e-4, gt=0, description="encoder learning rate when it trains (None: lr)"
     )
     weight_decay: float = Field(1e-4, ge=0)
     temperature: float = Field(0.3, gt=0)
