@@ -141,6 +141,7 @@ def make_config(args: argparse.Namespace, epochs: int) -> ExperimentConfig:
                 "batch_size": args.batch_size,
                 "frames_per_epoch": None,
                 "lr": args.lr,
+                "encoder_lr": None,  # from scratch: the encoder learns at the same rate as the rest
                 "weight_decay": args.weight_decay,
                 "temperature": args.temperature,
                 "crop_scale": list(args.crop_scale),

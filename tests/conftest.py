@@ -21,7 +21,14 @@ TINY = {
         "proj_dim": 16,
         "topk": 4,
     },
-    "train": {"epochs": 2, "batch_size": 8, "frames_per_epoch": 32, "detector_epochs": 2, "lr": 1e-3, "encoder_lr": None},
+    "train": {
+        "epochs": 2,
+        "batch_size": 8,
+        "frames_per_epoch": 32,
+        "detector_epochs": 2,
+        "lr": 1e-3,
+        "encoder_lr": None,
+    },
 }
 
 
