@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,9 +154,3 @@ def load_clips(path: str | Path, spec: InputSpec, split: str = "train") -> list[
     if not clips:
         raise DataError(f"no frames found under {root} (expected image folders or video files)")
     return clips
-
-
-def iter_batches(inputs: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield consecutive slices of at most `batch_size` samples."""
-    for start in range(0, len(inputs), batch_size):
-        yield inputs[start : start + batch_size]

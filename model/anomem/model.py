@@ -107,10 +107,11 @@ class AnoMem(nn.Module):
         return getattr(self, f"dev_mean_{i}"), getattr(self, f"dev_std_{i}")
 
     def split_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """uint8 [B, C, H, W] -> (frame in [0, 1], motion field [B, 2, H, W] or None).
+        """uint8 [B, C, H, W] -> (frame in [0, 1], motion field or None).
 
-        The motion field holds |frame - previous| and the spatial gradient magnitude, both averaged
-        over colour; their ratio per cell is the normal-flow speed (see `_pool_motion`).
+        The motion field holds |frame - previous| and, for `flow` features, the spatial gradient
+        magnitude ([B, 2, H, W]), both averaged over colour; their ratio per cell is the normal-flow
+        speed (see `_pool_motion`).
         """
         x = frames.float() / 255.0
         c = self.spec.frame_channels
@@ -127,8 +128,7 @@ class AnoMem(nn.Module):
                 F.conv2d(F.pad(mid, (1, 1, 1, 1), mode="replicate"), self.sobel).pow(2).sum(1, keepdim=True)
             )
             return current, torch.cat([temporal, gradient.add(1e-12).sqrt()], dim=1)
-        temporal = (current - previous).abs().mean(dim=1, keepdim=True)
-        return current, torch.cat([temporal, torch.zeros_like(temporal)], dim=1)
+        return current, (current - previous).abs().mean(dim=1, keepdim=True)
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
         """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""
@@ -192,7 +192,7 @@ def _projection_head(channels: int, dim: int) -> nn.Sequential:
 
 
 def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int], kind: str) -> torch.Tensor:
-    """Motion statistics over each cell of a feature grid: [B, 2, H, W] -> [B, 2, h, w].
+    """Motion statistics over each cell of a feature grid: [B, 1 or 2, H, W] -> [B, 2, h, w].
 
     `diff`: mean and max |frame difference|. `flow`: mean |frame difference| and the normal-flow
     speed sum|dI/dt| / sum|grad I| (optical-flow constraint; pixels per frame, independent of the
