@@ -24,7 +24,7 @@ import torch
 
 from model.config import load_config
 from model.evaluation import evaluate_path
-from model.pipeline import build_model, load_model, train
+from model.pipeline import load_model, train
 
 ROOT = Path(__file__).resolve().parent
 FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None}
@@ -63,10 +63,11 @@ def run_variant(name: str, overrides: dict[str, Any], data: str, workdir: Path) 
     ckpt = workdir / f"{name}.safetensors"
     cfg = load_config(None, overrides)
     started = time.perf_counter()
-    if not ckpt.is_file() or not (done := load_model(ckpt)[1]).complete or done.config != cfg:
+    model, meta = load_model(ckpt) if ckpt.is_file() else (None, None)
+    if model is None or meta is None or not meta.complete or meta.config != cfg:
         train(data, ckpt, cfg, version=f"ped2-{name}")
+        model, meta = load_model(ckpt)
     train_seconds = time.perf_counter() - started
-    model, meta = load_model(ckpt)
     result = evaluate_path(model, meta.config, data, meta.config.train.smoothing_frames)
     spec = meta.config.input
     return {
@@ -84,13 +85,8 @@ def run_variant(name: str, overrides: dict[str, Any], data: str, workdir: Path) 
 
 def run_detector_row(base_ckpt: Path, data: str) -> dict[str, Any]:
     """Same stage 1 and statistics, scored by the Deep-SVDD detector instead of the weighted top-k."""
-    from model.checkpoint import load_checkpoint
-
-    tensors, meta = load_checkpoint(base_ckpt)
-    cfg = meta.config.model_copy(update={"model": meta.config.model.model_copy(update={"score": "svdd"})})
-    model = build_model(cfg, load_pretrained=False)
-    model.load_state_dict(tensors)
-    model.eval()
+    model, meta = load_model(base_ckpt, score="svdd")
+    cfg = meta.config
     result = evaluate_path(model, cfg, data, cfg.train.smoothing_frames)
     fps = round(median_fps(model, cfg.input.channels, cfg.input.height, cfg.input.width), 1)
     return {

@@ -26,9 +26,18 @@ def build_model(cfg: ExperimentConfig, load_pretrained: bool = True) -> AnoMem:
     return AnoMem(cfg.model, cfg.input, load_pretrained=load_pretrained)
 
 
-def load_model(path: str | Path) -> tuple[AnoMem, CheckpointMeta]:
-    """Rebuild a model from a checkpoint, in eval mode."""
+def load_model(path: str | Path, score: str | None = None) -> tuple[AnoMem, CheckpointMeta]:
+    """Rebuild a model from a checkpoint, in eval mode.
+
+    Args:
+        path: checkpoint file.
+        score: serve another stage-2 score than the trained config's ("oneclass" or "svdd": both
+            come from the same weights); the returned metadata carries the changed config.
+    """
     tensors, meta = load_checkpoint(path)
+    if score is not None:
+        model_cfg = meta.config.model.model_copy(update={"score": score})
+        meta = meta.model_copy(update={"config": meta.config.model_copy(update={"model": model_cfg})})
     model = build_model(meta.config, load_pretrained=False)
     model.load_state_dict(tensors, strict=True)
     model.eval()
