@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.anomem.model import AnoMem
 from model.config import ExperimentConfig
 from model.data import Clip, DataError, load_clips, with_motion
 from model.metrics import auroc, causal_smooth, frame_aurocs
 from model.pipeline import score_inputs
+from model.runtime.base import Runtime
 
 PIXEL_DOWNSCALE = 2  # pixel AUROC on a half-resolution grid: same ranking, a quarter of the memory
 
@@ -34,13 +34,33 @@ def _maps_to(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack([cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) for m in maps])
 
 
+def _score(
+    scorer: torch.nn.Module | Runtime, inputs: np.ndarray, batch_size: int, desc: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(scorer, torch.nn.Module):
+        return score_inputs(scorer, inputs, batch_size=batch_size, desc=desc)
+    scores, maps = [], []
+    for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False):
+        s, m = scorer.infer(inputs[start : start + batch_size])
+        scores.append(s)
+        maps.append(m)
+    return np.concatenate(scores), np.concatenate(maps)
+
+
 def evaluate_clips(
-    model: AnoMem, cfg: ExperimentConfig, clips: list[Clip], smoothing_frames: int, batch_size: int = 32
+    scorer: torch.nn.Module | Runtime,
+    cfg: ExperimentConfig,
+    clips: list[Clip],
+    smoothing_frames: int,
+    batch_size: int = 32,
 ) -> dict[str, float | int | str]:
     """Frame- and pixel-level AUROCs and scoring speed on labelled clips.
 
     Scores are causally smoothed over `smoothing_frames` past frames (live-monitor behaviour) before
     every frame-level AUROC; the paper protocol then min-max normalizes each video.
+
+    Args:
+        scorer: an in-memory model (uint8 frames -> score, map) or an opened runtime.
     """
     labelled = [c for c in clips if c.labels is not None]
     if not labelled:
@@ -50,7 +70,7 @@ def evaluate_clips(
     for clip in tqdm(labelled, desc="evaluating clips", unit="clip"):
         inputs = with_motion(clip.frames, cfg.input)
         started = time.perf_counter()
-        raw, maps = score_inputs(model, inputs, batch_size=batch_size, desc=clip.name)
+        raw, maps = _score(scorer, inputs, batch_size, clip.name)
         inference_seconds += time.perf_counter() - started
         frames += len(inputs)
         if not np.all(np.isfinite(raw)):
@@ -77,7 +97,12 @@ def evaluate_clips(
 
 
 def evaluate_path(
-    model: AnoMem, cfg: ExperimentConfig, data: str | Path, smoothing_frames: int, batch_size: int = 32
+    scorer: torch.nn.Module | Runtime,
+    cfg: ExperimentConfig,
+    data: str | Path,
+    smoothing_frames: int,
+    batch_size: int = 32,
 ) -> dict[str, float | int | str]:
     """Evaluate on a Ped2 root (its test split) or any folder of labelled clips."""
-    return evaluate_clips(model, cfg, load_clips(data, cfg.input, split="test"), smoothing_frames, batch_size)
+    clips = load_clips(data, cfg.input, split="test")
+    return evaluate_clips(scorer, cfg, clips, smoothing_frames, batch_size)

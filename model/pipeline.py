@@ -68,7 +68,7 @@ def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[
 
 @torch.no_grad()
 def score_inputs(
-    model: AnoMem, inputs: np.ndarray, batch_size: int = 32, desc: str = "scoring"
+    model: torch.nn.Module, inputs: np.ndarray, batch_size: int = 32, desc: str = "scoring"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw scores [N] and anomaly maps [N, h, w] of uint8 model inputs."""
     model.eval()

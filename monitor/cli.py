@@ -19,8 +19,16 @@ import yaml
 from model.checkpoint import CheckpointError
 from model.config import ConfigError
 from model.data import DataError
+from model.runtime.base import BackendUnavailableError
 
-USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError, ValueError)
+USER_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    DataError,
+    BackendUnavailableError,
+    FileNotFoundError,
+    ValueError,
+)
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -70,18 +78,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from model.evaluation import evaluate_path
-    from model.pipeline import load_model
+    from model.runtime import open_runtime
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, meta = load_model(args.checkpoint)
-    smoothing = args.smoothing or meta.config.train.smoothing_frames
-    result = evaluate_path(model, meta.config, args.data, smoothing, batch_size=args.batch_size)
-    result = {"model": meta.name, "version": meta.version, "checkpoint": str(args.checkpoint), **result}
+    runtime = open_runtime(args.checkpoint, args.backend, device=args.device, threads=args.threads)
+    print(f"scoring with {runtime.describe()}", file=sys.stderr)
+    served = runtime.model
+    smoothing = args.smoothing or served.config.train.smoothing_frames
+    result = evaluate_path(runtime, served.config, args.data, smoothing, batch_size=args.batch_size)
+    result = {
+        "model": served.name,
+        "version": served.version,
+        "checkpoint": str(args.checkpoint),
+        "backend": runtime.backend,
+        "precision": served.precision,
+        **result,
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    from model.runtime import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto: TensorRT with a GPU, else ONNX Runtime, else PyTorch",
+    )
+    p.add_argument("--device", help="cpu or cuda[:N] (default: a GPU when present)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.export import export_artifact
+
+    meta = export_artifact(
+        args.checkpoint,
+        args.out,
+        args.precision,
+        calibration_data=args.calibration_data,
+        calibration_frames=args.calibration_frames,
+        int8_target=args.int8_target,
+    )
+    print(
+        f"wrote {args.out}/model.onnx ({meta.precision}, sha256 {meta.onnx_sha256[:12]}) and model.json: "
+        f"{meta.name} {meta.version}, input uint8 {list(meta.input_shape)}, map {list(meta.map_shape)}"
+    )
     return 0
 
 
@@ -121,15 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="AUROCs (MODELS.md protocol) and scoring speed on labelled clips", formatter_class=fmt
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint to evaluate")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or exported artifact folder")
     p.add_argument("--data", required=True, help="Ped2 root (its test split) or labelled clips")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument(
         "--smoothing", type=int, help="causal smoothing window in frames (default: the checkpoint's)"
     )
     p.add_argument("--batch-size", type=int, default=32, help="frames per inference batch")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the backend's choice)")
+    _runtime_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write model.onnx + model.json for the runtimes", formatter_class=fmt)
+    p.add_argument("--checkpoint", required=True, help="a finished checkpoint")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32", help="graph precision")
+    p.add_argument("--calibration-data", help="normal footage to calibrate INT8 on (required for int8)")
+    p.add_argument("--calibration-frames", type=int, default=256, help="INT8 calibration frames")
+    p.add_argument(
+        "--int8-target",
+        choices=("cpu", "tensorrt"),
+        default="cpu",
+        help="cpu: ONNX Runtime's fast uint8-activation form; tensorrt: symmetric INT8 Q/DQ",
+    )
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -82,3 +82,17 @@ def ped2_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
         labels[name] = lab
     (root / "labels.json").write_text(json.dumps(labels))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(ped2_like: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished, calibrated tiny AnoMem checkpoint trained on `ped2_like` (seconds)."""
+    from model.pipeline import train
+
+    out = tmp_path_factory.mktemp("tiny_ckpt") / "tiny.safetensors"
+    train(ped2_like, out, tiny_config())
+    return out
+
+
+PED2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucsd_ped2"
+PED2_CHECKPOINT = Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts" / "anomem_ped2.safetensors"

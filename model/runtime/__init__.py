@@ -1,0 +1,122 @@
+"""One interface over the backends; `open_runtime` is the one place that picks and opens one."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from model.runtime.base import BackendUnavailableError, Runtime, ServedModel
+
+__all__ = ["BACKENDS", "BackendUnavailableError", "Runtime", "ServedModel", "choose_backend", "open_runtime"]
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What this machine offers the backends."""
+
+    cuda: bool
+    tensorrt: bool
+    onnxruntime: bool
+    onnxruntime_cuda: bool
+
+    @classmethod
+    def probe(cls) -> Availability:
+        import torch
+
+        ort_cuda = False
+        has_ort = importlib.util.find_spec("onnxruntime") is not None
+        if has_ort:
+            import onnxruntime as ort
+
+            ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        return cls(
+            cuda=torch.cuda.is_available(),
+            tensorrt=importlib.util.find_spec("tensorrt") is not None,
+            onnxruntime=has_ort,
+            onnxruntime_cuda=ort_cuda,
+        )
+
+
+def choose_backend(requested: str, have: Availability) -> tuple[str, str]:
+    """Resolve a backend name ("auto" included) to the one to use, with the reason.
+
+    auto: TensorRT when it and a GPU are present, else ONNX Runtime (CUDA, then CPU), else PyTorch.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested, "requested"
+    if have.tensorrt and have.cuda:
+        return "tensorrt", "TensorRT and a CUDA GPU are present"
+    if have.onnxruntime:
+        where = "CUDA" if have.onnxruntime_cuda else "CPU"
+        missing = "no TensorRT" if have.cuda else "no CUDA GPU"
+        return "onnxruntime", f"{missing}; ONNX Runtime on {where}"
+    return "torch", "neither TensorRT nor ONNX Runtime is available"
+
+
+def _export_dir_for(checkpoint: Path) -> Path:
+    from model.export import export_artifact
+
+    out = Path(tempfile.mkdtemp(prefix="anomon-export-"))
+    log.info("exporting %s to %s (fp32) for an ONNX backend", checkpoint, out)
+    export_artifact(checkpoint, out, "fp32")
+    return out
+
+
+def open_runtime(
+    artifact: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+) -> Runtime:
+    """Open a model on a backend.
+
+    Args:
+        artifact: an export folder (model.onnx + model.json + checkpoint) or a checkpoint file
+            (ONNX backends then export it to a temporary folder first).
+        backend: "auto", "torch", "onnxruntime" or "tensorrt".
+        device: "cpu" or "cuda[:N]"; None lets the backend choose (GPU when present).
+        threads: CPU threads for the torch and ONNX Runtime backends.
+
+    Raises:
+        BackendUnavailableError: the backend cannot run here; the message says what is missing.
+    """
+    path = Path(artifact)
+    if not path.exists():
+        raise FileNotFoundError(f"model artifact not found: {path}")
+    name, reason = choose_backend(backend, Availability.probe())
+    log.info("backend %s (%s)", name, reason)
+    if name == "torch":
+        import torch
+
+        from model.export import CHECKPOINT_FILE, load_artifact_meta
+        from model.runtime.torch_backend import TorchRuntime
+
+        on_gpu = device.startswith("cuda") if device else torch.cuda.is_available()
+        checkpoint, half = path, False
+        if path.is_dir():
+            meta = load_artifact_meta(path, verify=False)
+            checkpoint, half = path / CHECKPOINT_FILE, on_gpu and meta.precision == "fp16"
+        return TorchRuntime(
+            checkpoint,
+            device="cuda" if on_gpu and not device else (device or "cpu"),
+            half=half,
+            cuda_graphs=on_gpu,
+            threads=threads,
+        )
+    export_dir = path if path.is_dir() else _export_dir_for(path)
+    if name == "onnxruntime":
+        from model.runtime.onnxruntime_backend import OrtRuntime
+
+        return OrtRuntime(export_dir, device=device, threads=threads)
+    from model.runtime.tensorrt_backend import TensorRTRuntime
+
+    index = int(device.split(":")[1]) if device and ":" in device else 0
+    return TensorRTRuntime(export_dir, device=index)
