@@ -275,11 +275,12 @@ class AlertTracker:
             self._clock += max(0.0, ts - self._last_ts)
         self._last_ts = ts
         clock = self._clock
-        valid = smoothed is not None and math.isfinite(smoothed)
-        over_on = valid and smoothed is not None and smoothed >= self.settings.on_threshold
-        over_off = valid and smoothed is not None and smoothed >= self.settings.off_threshold
-        candidate = AlertPeak(score=score, frame_index=frame_index, ts=ts, regions=tuple(regions))
+        # An invalid frame sits below both thresholds and cannot be a peak.
+        valid = smoothed is not None and math.isfinite(smoothed) and math.isfinite(score)
+        level = smoothed if valid and smoothed is not None else -math.inf
+        over_on, over_off = level >= self.settings.on_threshold, level >= self.settings.off_threshold
         new_peak = valid and (self._peak is None or score > self._peak.score)
+        candidate = AlertPeak(score, frame_index, ts, tuple(regions)) if new_peak else None
 
         if self._alert_id is None:
             if not over_on:
@@ -288,7 +289,7 @@ class AlertTracker:
             if self._streak == 0:
                 self._streak_start = ts
             self._streak += 1
-            if new_peak:
+            if candidate is not None:
                 self._peak = candidate
             cooling = self._last_end is not None and not self._passed(
                 self._last_end, self.settings.cooldown_seconds
@@ -303,9 +304,8 @@ class AlertTracker:
             return TrackerStep((self._event("start", new_peak),), new_peak, self._alert_id)
 
         self._frames += 1
-        if new_peak:
-            self._peak = candidate
-            self._update_due = True
+        if candidate is not None:
+            self._peak, self._update_due = candidate, True
         if over_off:
             self._under_since = None
             self._last_over_ts, self._frames_at_last_over = ts, self._frames

@@ -154,6 +154,42 @@ def test_time_going_backwards_is_no_time_passing() -> None:
     assert [e.type for e in events] == ["end"]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_lifecycle_invariants_on_random_scores(seed: int) -> None:
+    """start, update*, end per alert; one open at a time; starts respect min_frames and cooldown."""
+    rng = np.random.default_rng(seed)
+    # Regime switches every ~2 s between quiet, noisy and anomalous, plus NaN frames.
+    levels = np.repeat(rng.choice([0.1, 0.45, 0.8], 40), rng.integers(5, 40, 40))
+    scores = np.clip(levels + rng.normal(0, 0.12, levels.size), 0, 1)
+    scores[rng.random(levels.size) < 0.03] = np.nan
+    cfg = settings(min_frames=4, cutoff_seconds=0.7, cooldown_seconds=1.5, update_interval_seconds=0.5)
+    tracker = AlertTracker("cam", cfg)
+    open_id, last_end_t, run, last_event_t = None, -1e9, 0, 0.0
+    seen: list[str] = []
+    for i, s in enumerate(scores):
+        t = i / FPS
+        smoothed = None if np.isnan(s) else float(s)
+        step = tracker.observe(i, T0 + t, smoothed, 0.0 if smoothed is None else smoothed, ())
+        run = run + 1 if smoothed is not None and smoothed >= cfg.on_threshold else 0
+        for event in step.events:
+            seen.append(event.type)
+            if event.type == "start":
+                assert open_id is None and run >= cfg.min_frames
+                assert t - last_end_t >= cfg.cooldown_seconds - 1e-6
+                open_id = event.alert_id
+            else:
+                assert event.alert_id == open_id
+            if event.type == "update":
+                assert t - last_event_t >= cfg.update_interval_seconds - 1e-6
+            if event.type == "end":
+                assert event.end_ts is not None and event.start_ts <= event.end_ts <= T0 + t
+                open_id, last_end_t = None, t
+            last_event_t = t
+        assert step.alert_id == open_id
+    assert seen.count("start") >= 3 and seen.count("update") >= 3  # the sequence exercised the machine
+    assert open_id is None or tracker.close()[0].alert_id == open_id
+
+
 # CameraState: normalization, smoothing, invalid scores, localization.
 
 
