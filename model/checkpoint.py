@@ -37,6 +37,9 @@ class CheckpointMeta(BaseModel):
     version: str
     config: ExperimentConfig
     calibration: Calibration | None = None
+    # Raw anomaly-map values to [0, 1]: the threshold is the per-frame map maximum exceeded by the
+    # same false-alarm rate of held-out normal frames (so normal frames rarely show a region).
+    map_calibration: Calibration | None = None
     data_fingerprint: str = ""
     training: dict[str, Any] = Field(default_factory=dict)
     complete: bool = True

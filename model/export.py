@@ -59,6 +59,7 @@ class ArtifactMeta(BaseModel):
     precision: Precision
     config: ExperimentConfig
     calibration: Calibration | None
+    map_calibration: Calibration | None = None
     data_fingerprint: str
     weights_sha256: str
     onnx_file: str = ONNX_FILE
@@ -81,6 +82,7 @@ class ArtifactMeta(BaseModel):
             version=meta.version,
             config=meta.config,
             calibration=meta.calibration,
+            map_calibration=meta.map_calibration,
             data_fingerprint=meta.data_fingerprint,
             weights_sha256=meta.weights_sha256,
             **fields,

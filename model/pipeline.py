@@ -81,6 +81,15 @@ def score_inputs(
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def calibrate_outputs(
+    raw: np.ndarray, maps: np.ndarray, false_alarm_rate: float
+) -> tuple[Calibration, Calibration]:
+    """Frame-score and anomaly-map calibrations from the outputs on held-out normal frames."""
+    return calibrate(raw, false_alarm_rate), calibrate(
+        maps.reshape(len(maps), -1).max(axis=1), false_alarm_rate
+    )
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -141,12 +150,13 @@ def train(
         anomalous = anomem_train.stacked_maps(model, anomem_train.deviation_maps(model, abnormal_inputs))
     anomem_train.train_detector(model, stacked, cfg.train, state, anomalous)
     calib_inputs = model_inputs(holdout, cfg) if holdout else inputs
-    raw, _ = score_inputs(model, calib_inputs, desc="calibration")
-    calibration = calibrate(raw, cfg.train.false_alarm_rate)
+    raw, maps = score_inputs(model, calib_inputs, desc="calibration")
+    calibration, map_calibration = calibrate_outputs(raw, maps, cfg.train.false_alarm_rate)
     state.seconds += time.perf_counter() - stage2_started
     meta = meta.model_copy(
         update={
             "calibration": calibration,
+            "map_calibration": map_calibration,
             "complete": True,
             "training": {
                 "state": asdict(state),
@@ -169,8 +179,8 @@ def recalibrate(
     """Re-threshold a checkpoint on held-out normal footage and store the calibration in it."""
     model, meta = load_model(checkpoint)
     clips = load_clips(data, meta.config.input, split="train")
-    raw, _ = score_inputs(model, model_inputs(clips, meta.config), desc="calibration")
-    calibration = calibrate(raw, false_alarm_rate)
-    meta = meta.model_copy(update={"calibration": calibration})
+    raw, maps = score_inputs(model, model_inputs(clips, meta.config), desc="calibration")
+    calibration, map_calibration = calibrate_outputs(raw, maps, false_alarm_rate)
+    meta = meta.model_copy(update={"calibration": calibration, "map_calibration": map_calibration})
     save_checkpoint(out or checkpoint, model.state_dict(), meta)
     return calibration

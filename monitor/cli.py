@@ -132,6 +132,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from model.runtime import open_runtime
+    from model.runtime.bench import measure
+
+    runtime = open_runtime(args.artifact, args.backend, device=args.device, threads=args.threads)
+    print(f"benchmarking {runtime.describe()}", file=sys.stderr)
+    rows = []
+    for batch in tqdm(args.batch_sizes, desc="batch sizes", unit="size"):
+        stats = measure(runtime, batch, calls=args.calls, warmup=args.warmup)
+        rows.append({"backend": runtime.backend, "precision": runtime.model.precision, **asdict(stats)})
+        tqdm.write(
+            f"batch {batch:3d}: {stats.fps:8.1f} frames/s, "
+            f"p50 {stats.p50_ms:7.2f} ms, p99 {stats.p99_ms:7.2f} ms"
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"device": runtime.device, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -192,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu: ONNX Runtime's fast uint8-activation form; tensorrt: symmetric INT8 Q/DQ",
     )
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "bench", help="model-only frames/s and p50/p99 latency of a backend", formatter_class=fmt
+    )
+    p.add_argument("--artifact", required=True, help="exported folder or checkpoint file")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="batch sizes to time")
+    p.add_argument("--calls", type=int, default=30, help="timed calls per batch size")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
+    p.add_argument("--threads", type=int, help="CPU threads (default: the backend's choice)")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -24,6 +24,7 @@ class ServedModel:
     precision: str
     config: ExperimentConfig
     calibration: Calibration | None
+    map_calibration: Calibration | None
     input_shape: tuple[int, int, int]  # [C, H, W]; frames are uint8
     map_shape: tuple[int, int]
 

@@ -18,6 +18,7 @@ def served_model(meta: ArtifactMeta) -> ServedModel:
         precision=meta.precision,
         config=meta.config,
         calibration=meta.calibration,
+        map_calibration=meta.map_calibration,
         input_shape=meta.input_shape,
         map_shape=meta.map_shape,
     )

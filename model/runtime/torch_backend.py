@@ -59,6 +59,7 @@ class TorchRuntime(Runtime):
             precision="fp16" if half else "fp32",
             config=meta.config,
             calibration=meta.calibration,
+            map_calibration=meta.map_calibration,
             input_shape=(spec.channels, spec.height, spec.width),
             map_shape=(int(m.shape[-2]), int(m.shape[-1])),
         )

@@ -1,0 +1,50 @@
+"""Latency and throughput of a runtime: what `anomon bench` and benchmarks/runtimes.py measure."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.runtime.base import Runtime
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-batch latency percentiles and the frame rate they imply."""
+
+    batch: int
+    calls: int
+    p50_ms: float
+    p99_ms: float
+    fps: float  # batch / median latency
+
+    @classmethod
+    def from_seconds(cls, batch: int, seconds: list[float]) -> LatencyStats:
+        ms = np.asarray(seconds) * 1e3
+        p50 = float(np.percentile(ms, 50))
+        return cls(batch, len(ms), p50, float(np.percentile(ms, 99)), batch * 1e3 / p50)
+
+
+def time_calls(runtime: Runtime, frames: np.ndarray, calls: int) -> list[float]:
+    """Wall-clock seconds of `calls` back-to-back inferences of one batch (outputs on the host)."""
+    seconds = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        runtime.infer(frames)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def sample_frames(runtime: Runtime, batch: int, seed: int = 0) -> np.ndarray:
+    """A batch of random uint8 frames at the runtime's input shape."""
+    shape = (batch, *runtime.model.input_shape)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def measure(runtime: Runtime, batch: int, calls: int = 30, warmup: int = 3) -> LatencyStats:
+    """Warm up, then time `calls` inferences of one batch size."""
+    frames = sample_frames(runtime, batch)
+    time_calls(runtime, frames, warmup)
+    return LatencyStats.from_seconds(batch, time_calls(runtime, frames, calls))
