@@ -282,13 +282,14 @@ def encode(message: ScoreMessage | AlertMessage) -> bytes:
 
 
 def decode(data: bytes | str) -> ScoreMessage | AlertMessage:
-    """Parse a record value of the scores or alerts topic (picked by its `schema` field).
+    """Parse a record value of the scores or alerts topic (picked by its `schema` field), strictly:
+    no type coercion, as the JSON Schemas say.
 
     Raises:
         WireError: not JSON, an unknown schema or an invalid field (one line naming it).
     """
     try:
-        return _OUTPUT_ADAPTER.validate_json(data)
+        return _OUTPUT_ADAPTER.validate_json(data, strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"][1:] or first["loc"]) or "(top level)"
