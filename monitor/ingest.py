@@ -41,8 +41,8 @@ class Pacer:
     """Frame slots at a steady rate, on a clock the caller reads (pure logic, no sleeping).
 
     A stored source waits `delay(now)` before each frame; a live source drops the frames for which
-    `due(now)` is False. Falling more than one period behind restarts the schedule at `now` rather
-    than sending a burst to catch up.
+    `due(now)` is False. Slots stay on a fixed grid, so the average rate is exact; falling more than
+    one period behind restarts the grid at `now` rather than sending a burst to catch up.
     """
 
     def __init__(self, fps: float | None) -> None:
@@ -56,8 +56,11 @@ class Pacer:
         return 0.0 if self._next is None else max(0.0, self._next - now)
 
     def due(self, now: float) -> bool:
-        """True when a frame arriving at `now` falls in the next slot."""
-        return self.delay(now) == 0.0
+        """True when a frame arriving at `now` takes the next slot.
+
+        A frame up to half a period early counts, so camera jitter does not drop every other frame.
+        """
+        return self.delay(now) <= self.period / 2
 
     def sent(self, now: float) -> None:
         """Book the slot of a frame sent at `now`."""
@@ -286,7 +289,7 @@ def ingest(
         publisher: sends to the frames topic.
         camera_id: the record key.
         fps: frames per second (default: the source's rate, else 10 for image folders). A stored
-            source is slowed to it; a live source drops frames above it.
+            source is slowed to it; a live source drops frames above it (default: keeps them all).
         resize: (width, height) to resize every frame to before encoding.
         jpeg_quality: 1 to 100.
         loop: start the source again at its end (a stream: reconnect); frame indices keep counting.
@@ -301,9 +304,12 @@ def ingest(
         raise ValueError(f"--jpeg-quality must be between 1 and 100, not {jpeg_quality}")
     if not is_camera_id(camera_id):
         raise ValueError(f"--camera {camera_id!r} must be 1 to 128 chars of [A-Za-z0-9._-]")
-    rate = fps or source.fps or (DEFAULT_FOLDER_FPS if isinstance(source, ImageFolderSource) else None)
-    if rate is None:
-        raise SourceError(f"cannot tell the frame rate of {source.name}; pass --fps")
+    if fps is None and source.live:
+        rate = None  # a live source keeps its own rate
+    else:
+        rate = fps or source.fps or (DEFAULT_FOLDER_FPS if isinstance(source, ImageFolderSource) else None)
+        if rate is None:
+            raise SourceError(f"cannot tell the frame rate of {source.name}; pass --fps")
     pacer = Pacer(rate)
     report = IngestReport(camera_id=camera_id, topic=publisher.topic, first_index=start_index)
     total = max_frames if max_frames is not None else (None if loop else source.length)
