@@ -120,22 +120,24 @@ class EmbeddedBroker:
             self._log = self.log_path.open("ab")
         # A free port can be taken between our probe and the broker's bind: retry with another one.
         attempts = 1 if self._requested_port else _PORT_ATTEMPTS
-        for attempt in range(attempts):
-            self.port = self._requested_port or free_port()
-            self._process = self._spawn(binary)
-            try:
-                self._wait_ready()
-            except BrokerError:
-                exited = self._process.poll() is not None
-                self._kill()
-                if exited and attempt + 1 < attempts:
-                    continue
-                self._close_log()
-                raise
-            atexit.register(self.stop)
-            log.info("embedded Kafka broker at %s (log: %s)", self.bootstrap, self.log_path)
-            return self
-        raise AssertionError("unreachable")
+        try:
+            for attempt in range(attempts):
+                self.port = self._requested_port or free_port()
+                self._process = self._spawn(binary)
+                try:
+                    self._wait_ready()
+                    break
+                except BrokerError:
+                    exited = self._process.poll() is not None
+                    self._kill()
+                    if not exited or attempt + 1 == attempts:
+                        raise
+        except BrokerError:
+            self._close_log()
+            raise
+        atexit.register(self.stop)
+        log.info("embedded Kafka broker at %s (log: %s)", self.bootstrap, self.log_path)
+        return self
 
     def _spawn(self, binary: Path) -> subprocess.Popen[bytes]:
         url = f"tcp://{_HOST}:{self.port}"

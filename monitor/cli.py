@@ -124,13 +124,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             start_index=args.start_index,
         )
     finally:
-        publisher.producer.close()
+        publisher.producer.close(timeout=10)
     dropped = f"; {report.dropped} live frames dropped to keep the rate" if report.dropped else ""
     print(
         f"sent {report.frames} frames of camera {report.camera_id} to {report.topic} "
         f"in {report.seconds:.1f} s ({report.frames / max(report.seconds, 1e-9):.1f} fps){dropped}"
+        + (" (interrupted)" if report.interrupted else "")
     )
-    return 0
+    return 130 if report.interrupted else 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -148,12 +149,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
             start_index=args.start_index,
         )
     finally:
-        publisher.producer.close()
+        publisher.producer.close(timeout=10)
+    if args.manifest:
+        report.write_manifest(args.manifest)
     print(
         f"sent {len(report.sent)} frames of {len(clips)} clips as {len(report.cameras)} camera(s) "
         f"({report.cameras[0]}..{report.cameras[-1]}) to {report.topic} in {report.seconds:.1f} s"
+        + (" (interrupted)" if report.interrupted else "")
+        + (f"; manifest: {args.manifest}" if args.manifest else "")
     )
-    return 0
+    return 130 if report.interrupted else 0
 
 
 def _add_output_arguments(p: argparse.ArgumentParser) -> None:
@@ -255,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", type=int, default=1, help="cameras replaying the same clips concurrently")
     p.add_argument("--camera-prefix", default="replay", help="camera ids are PREFIX-1 ... PREFIX-N")
     p.add_argument("--clips", nargs="+", metavar="CLIP", help="replay only these clips, in this order")
+    p.add_argument(
+        "--manifest",
+        metavar="JSON",
+        help="write what was sent: [{camera_id, frame_index, clip, clip_frame}, ...]",
+    )
     p.set_defaults(func=cmd_replay)
     return parser
 

@@ -267,6 +267,7 @@ class IngestReport:
     dropped: int = 0
     seconds: float = 0.0
     first_index: int = 0
+    interrupted: bool = False
 
 
 def ingest(
@@ -297,6 +298,8 @@ def ingest(
         start_index: frame index of the first frame.
         progress: show a progress bar.
 
+    Ctrl-C ends it cleanly: the frames sent so far are flushed and reported (`interrupted`).
+
     Raises:
         SourceError, KafkaUnavailableError, PublishError.
     """
@@ -314,17 +317,11 @@ def ingest(
     report = IngestReport(camera_id=camera_id, topic=publisher.topic, first_index=start_index)
     total = max_frames if max_frames is not None else (None if loop else source.length)
     started = time.monotonic()
-    with tqdm(total=total, unit="frame", desc=camera_id, disable=not progress) as bar:
-        while max_frames is None or report.frames < max_frames:
-            before = report.frames + report.dropped
-            for image in source.frames():
-                if source.live:
-                    if not pacer.due(time.monotonic()):
-                        report.dropped += 1
-                        continue
-                else:
-                    time.sleep(pacer.delay(time.monotonic()))
-                pacer.sent(time.monotonic())
+    try:
+        with tqdm(total=total, unit="frame", desc=camera_id, disable=not progress) as bar:
+            for image in _paced(source, pacer, loop, report):
+                if max_frames is not None and report.frames >= max_frames:
+                    break
                 capture_ts_ns = time.time_ns()
                 if resize is not None:
                     image = cv2.resize(image, resize, interpolation=cv2.INTER_AREA)
@@ -332,14 +329,30 @@ def ingest(
                 publisher.send(camera_id, payload, JPEG, start_index + report.frames, capture_ts_ns)
                 report.frames += 1
                 bar.update()
-                if max_frames is not None and report.frames >= max_frames:
-                    break
-            if report.frames + report.dropped == before and not source.live:
-                raise SourceError(f"no decodable frames in {source.name}")
-            if not loop:
-                break
-            if source.live:
-                time.sleep(1.0)  # a dropped stream: do not hammer the camera while reconnecting
+    except KeyboardInterrupt:
+        report.interrupted = True  # Ctrl-C is how a live ingest ends: flush and report what was sent
     publisher.flush()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _paced(source: FrameSource, pacer: Pacer, loop: bool, report: IngestReport) -> Iterator[np.ndarray]:
+    """The source's frames in their slots: a stored frame waits for it, a live one without one is dropped."""
+    while True:
+        seen = 0
+        for image in source.frames():
+            seen += 1
+            if source.live:
+                if not pacer.due(time.monotonic()):
+                    report.dropped += 1
+                    continue
+            else:
+                time.sleep(pacer.delay(time.monotonic()))
+            pacer.sent(time.monotonic())
+            yield image
+        if seen == 0 and not source.live:
+            raise SourceError(f"no decodable frames in {source.name}")
+        if not loop:
+            return
+        if source.live:
+            time.sleep(1.0)  # a dropped stream: do not hammer the camera while reconnecting

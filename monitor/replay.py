@@ -7,9 +7,10 @@ back to the dataset's labels), all cameras ticking together; capture time is sen
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -127,10 +128,16 @@ class ReplayReport:
     cameras: list[str]
     sent: list[SentFrame] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False
 
     def frame_map(self) -> dict[tuple[str, int], tuple[str, int]]:
         """(camera id, frame index) -> (clip name, frame number in the clip), to join scores to labels."""
         return {(f.camera_id, f.frame_index): (f.clip, f.clip_frame) for f in self.sent}
+
+    def write_manifest(self, path: str | Path) -> None:
+        """Write the sent frames as JSON: a list of {camera_id, frame_index, clip, clip_frame}."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps([asdict(f) for f in self.sent]) + "\n")
 
 
 def camera_ids(count: int, prefix: str = "replay") -> list[str]:
@@ -161,7 +168,9 @@ def replay(
 ) -> ReplayReport:
     """Send every clip, in order, as each of `cameras` cameras at `fps` frames per second each; flush.
 
-    Frame indices count up from `start_index` across clips. Capture time is send time.
+    Frame indices count up from `start_index` across clips. Capture time is send time. Each camera
+    reads (and decodes, for videos) the clips itself. Ctrl-C ends it cleanly: what was sent is
+    flushed and reported (`interrupted`).
 
     Raises:
         SourceError, KafkaUnavailableError, PublishError.
@@ -173,20 +182,25 @@ def replay(
     total = sum(len(clip) for clip in clips) * cameras
     index = start_index
     started = time.monotonic()
-    with tqdm(total=total, unit="frame", desc="replay", disable=not progress) as bar:
-        while True:
-            # Read every camera's next frame before waiting, so that the last tick is not waited for.
-            due = [(camera, frame) for camera in ids if (frame := next(streams[camera], None)) is not None]
-            if not due:
-                break
-            time.sleep(pacer.delay(time.monotonic()))
-            pacer.sent(time.monotonic())
-            capture_ts_ns = time.time_ns()
-            for camera, (clip, number, payload, content_type) in due:
-                publisher.send(camera, payload, content_type, index, capture_ts_ns)
-                report.sent.append(SentFrame(camera, index, clip, number))
-                bar.update()
-            index += 1
+    try:
+        with tqdm(total=total, unit="frame", desc="replay", disable=not progress) as bar:
+            while True:
+                # Read every camera's next frame before waiting, so that the last tick is not waited for.
+                due = [
+                    (camera, frame) for camera in ids if (frame := next(streams[camera], None)) is not None
+                ]
+                if not due:
+                    break
+                time.sleep(pacer.delay(time.monotonic()))
+                pacer.sent(time.monotonic())
+                capture_ts_ns = time.time_ns()
+                for camera, (clip, number, payload, content_type) in due:
+                    publisher.send(camera, payload, content_type, index, capture_ts_ns)
+                    report.sent.append(SentFrame(camera, index, clip, number))
+                    bar.update()
+                index += 1
+    except KeyboardInterrupt:
+        report.interrupted = True  # flush and report what was sent
     publisher.flush()
     report.seconds = time.monotonic() - started
     return report

@@ -18,7 +18,7 @@ import pytest
 
 from monitor.cli import main
 from monitor.frames import decode_frame, parse_record
-from monitor.ingest import FramePublisher, Pacer, SourceError, ingest, open_source, parse_size
+from monitor.ingest import FramePublisher, FrameSource, Pacer, SourceError, ingest, open_source, parse_size
 from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.wire import FRAME_SCHEMA_VERSION, HEADER_SCHEMA, load_schema, record_document
 from tests.monitor.conftest import RecordReader, TopicFactory
@@ -212,6 +212,33 @@ def test_a_stream_keeps_its_own_rate_or_drops_frames_above_fps(
     assert (limited.frames, limited.dropped) == (1, 4)
     images = _check_v1_records(read_records(topic, 6), "street", [0, 1, 2, 3, 4, 5])
     assert [_bar_position(image) for image in images] == [0, 1, 2, 3, 4, 0]
+
+
+class _CtrlCAfter(FrameSource):
+    """A live camera whose operator presses Ctrl-C after `count` frames."""
+
+    live = True
+
+    def __init__(self, count: int) -> None:
+        self.name, self.count = "ctrl-c", count
+
+    def frames(self) -> Iterator[np.ndarray]:
+        for i in range(self.count):
+            yield _scene(i)
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_ends_an_ingest_with_its_frames_flushed(
+    kafka_settings: KafkaSettings, new_topic: TopicFactory, read_records: RecordReader
+) -> None:
+    topic = new_topic()
+    producer = make_producer(kafka_settings)
+    try:
+        report = ingest(_CtrlCAfter(3), FramePublisher(producer, topic), "cam", loop=True, progress=False)
+    finally:
+        producer.close()
+    assert report.interrupted and report.frames == 3
+    assert len(_check_v1_records(read_records(topic, 3), "cam", [0, 1, 2])) == 3
 
 
 def test_cli_ingest_sends_and_reports(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -99,6 +100,7 @@ def test_videos_and_other_image_formats_are_encoded(
 
 def test_cli_replay(
     ped2_like: Path,
+    tmp_path: Path,
     kafka_bootstrap: str,
     new_topic: TopicFactory,
     read_records: RecordReader,
@@ -106,8 +108,14 @@ def test_cli_replay(
 ) -> None:
     topic = new_topic()
     args = ["replay", "--data", str(ped2_like), "--bootstrap", kafka_bootstrap, "--topic", topic]
-    assert main([*args, "--fps", "1000", "--clips", "02", "--camera-prefix", "ped2"]) == 0
+    manifest = tmp_path / "sent.json"
+    options = ["--fps", "1000", "--clips", "02", "--camera-prefix", "ped2", "--manifest", str(manifest)]
+    assert main([*args, *options]) == 0
     assert "sent 24 frames of 1 clips as 1 camera(s) (ped2-1..ped2-1)" in capsys.readouterr().out
-    assert {r.key for r in read_records(topic, 24)} == {b"ped2-1"}
+    records = read_records(topic, 24)
+    assert {r.key for r in records} == {b"ped2-1"} and len(records) == 24
+    sent = json.loads(manifest.read_text())
+    assert sent[5] == {"camera_id": "ped2-1", "frame_index": 5, "clip": "02", "clip_frame": 5}
+    assert [parse_record(r).frame_index for r in records] == [s["frame_index"] for s in sent]
     assert main([*args, "--clips", "99"]) == 2
     assert "clip '99' is not under" in capsys.readouterr().err
