@@ -108,7 +108,11 @@ class FrameRecord:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A record to send to the dead-letter topic (key, value and timestamp of the bad record)."""
+    """A record for the dead-letter topic (key, value and timestamp of the bad record).
+
+    Send it with `producer.send(topic, key=d.key, value=d.value, headers=d.headers,
+    timestamp_ms=d.timestamp_ms)`.
+    """
 
     key: bytes | None
     value: bytes | None
