@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 
 from monitor.broker import BrokerError, EmbeddedBroker
 from monitor.kafka_client import (
@@ -20,11 +20,11 @@ from monitor.kafka_client import (
 from tests.monitor.conftest import TopicFactory
 
 
-def _poll_until(consumer: object, count: int, timeout_s: float = 20.0) -> list[tuple[bytes, bytes]]:
+def _poll_until(consumer: KafkaConsumer, count: int, timeout_s: float = 20.0) -> list[tuple[bytes, bytes]]:
     got: list[tuple[bytes, bytes]] = []
     deadline = time.monotonic() + timeout_s
     while len(got) < count and time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=200).values():  # type: ignore[attr-defined]
+        for batch in consumer.poll(timeout_ms=200).values():
             got.extend((r.key, r.value) for r in batch)
     return got
 
