@@ -20,6 +20,9 @@ from model.checkpoint import CheckpointError
 from model.config import ConfigError
 from model.data import DataError
 from model.runtime.base import BackendUnavailableError
+from monitor.broker import BrokerError
+from monitor.ingest import PublishError
+from monitor.kafka_client import KafkaUnavailableError
 
 USER_ERRORS = (
     ConfigError,
@@ -28,6 +31,9 @@ USER_ERRORS = (
     BackendUnavailableError,
     FileNotFoundError,
     ValueError,
+    BrokerError,
+    KafkaUnavailableError,
+    PublishError,
 )
 
 
@@ -156,6 +162,88 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frame_publisher(args: argparse.Namespace) -> Any:
+    from monitor.ingest import FramePublisher
+    from monitor.kafka_client import load_kafka_settings, make_producer
+
+    settings = load_kafka_settings(args.kafka_config, bootstrap_servers=args.bootstrap)
+    return FramePublisher(make_producer(settings), args.topic)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from monitor.ingest import ingest, open_source, parse_size
+
+    resize = parse_size(args.resize) if args.resize else None
+    source = open_source(args.source)
+    publisher = _frame_publisher(args)
+    try:
+        report = ingest(
+            source,
+            publisher,
+            args.camera,
+            fps=args.fps,
+            resize=resize,
+            jpeg_quality=args.jpeg_quality,
+            loop=args.loop,
+            max_frames=args.max_frames,
+            start_index=args.start_index,
+        )
+    finally:
+        publisher.producer.close(timeout=10)
+    dropped = f"; {report.dropped} live frames dropped to keep the rate" if report.dropped else ""
+    print(
+        f"sent {report.frames} frames of camera {report.camera_id} to {report.topic} "
+        f"in {report.seconds:.1f} s ({report.frames / max(report.seconds, 1e-9):.1f} fps){dropped}"
+        + (" (interrupted)" if report.interrupted else "")
+    )
+    return 130 if report.interrupted else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from monitor.replay import find_clips, replay
+
+    clips = find_clips(args.data, args.clips)
+    publisher = _frame_publisher(args)
+    try:
+        report = replay(
+            clips,
+            publisher,
+            fps=args.fps,
+            cameras=args.cameras,
+            camera_prefix=args.camera_prefix,
+            start_index=args.start_index,
+        )
+    finally:
+        publisher.producer.close(timeout=10)
+    if args.manifest:
+        report.write_manifest(args.manifest)
+    print(
+        f"sent {len(report.sent)} frames of {len(clips)} clips as {len(report.cameras)} camera(s) "
+        f"({report.cameras[0]}..{report.cameras[-1]}) to {report.topic} in {report.seconds:.1f} s"
+        + (" (interrupted)" if report.interrupted else "")
+        + (f"; manifest: {args.manifest}" if args.manifest else "")
+    )
+    return 130 if report.interrupted else 0
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    from monitor.wire import FRAMES_TOPIC
+
+    p.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        help="Kafka bootstrap servers, comma-separated "
+        "(default: --kafka-config's, else env ANOMON_BOOTSTRAP, else 127.0.0.1:9092)",
+    )
+    p.add_argument(
+        "--kafka-config",
+        metavar="YAML",
+        help="Kafka connection settings (TLS, SASL; the file's kafka: section or its top level)",
+    )
+    p.add_argument("--topic", default=FRAMES_TOPIC, help="frames topic")
+    p.add_argument("--start-index", type=int, default=0, help="frame index of the first frame")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -228,6 +316,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows to this JSON file")
     _runtime_args(p)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser(
+        "ingest",
+        help="publish a camera's frames (file, folder, stream, device) to Kafka",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--source", required=True, help="video file, image folder, rtsp:// or http:// URL, or device index"
+    )
+    p.add_argument("--camera", required=True, help="camera id, the record key: 1-128 chars of [A-Za-z0-9._-]")
+    _add_output_arguments(p)
+    p.add_argument(
+        "--fps",
+        type=float,
+        help="frames per second (default: the source's rate; 10 for an image folder); "
+        "live sources drop frames above it",
+    )
+    p.add_argument("--resize", metavar="WxH", help="resize frames before encoding, e.g. 640x360")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality, 1 to 100")
+    p.add_argument("--loop", action="store_true", help="start again at the end (a stream: reconnect)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "replay",
+        help="replay a dataset into Kafka at a live rate, as one or more cameras",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--data", required=True, help="Ped2 root (its test/ clips), a folder of frame folders or videos"
+    )
+    _add_output_arguments(p)
+    p.add_argument("--fps", type=float, default=10.0, help="frames per second per camera")
+    p.add_argument("--cameras", type=int, default=1, help="cameras replaying the same clips concurrently")
+    p.add_argument("--camera-prefix", default="replay", help="camera ids are PREFIX-1 ... PREFIX-N")
+    p.add_argument("--clips", nargs="+", metavar="CLIP", help="replay only these clips, in this order")
+    p.add_argument(
+        "--manifest",
+        metavar="JSON",
+        help="write what was sent: [{camera_id, frame_index, clip, clip_frame}, ...]",
+    )
+    p.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -1,0 +1,273 @@
+"""Kafka connection settings and the producer, consumer and admin factories (kafka-python).
+
+`KafkaSettings` says where the brokers are and how to authenticate; `ProducerSettings` and
+`ConsumerSettings` tune the clients. Every factory turns an unreachable broker into one
+`KafkaUnavailableError` line naming the address.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from model.config import ConfigError
+from monitor.wire import MAX_FRAME_BYTES
+
+BOOTSTRAP_ENV = "ANOMON_BOOTSTRAP"
+"""Environment variable giving the default bootstrap servers (else 127.0.0.1:9092)."""
+PASSWORD_ENV = "ANOMON_KAFKA_PASSWORD"
+"""Environment variable read for the SASL password when neither the setting nor a file gives it."""
+
+# Room for the biggest frame plus its key, headers and batch overhead.
+_MAX_RECORD_BYTES = MAX_FRAME_BYTES + 1024 * 1024
+
+
+class KafkaUnavailableError(RuntimeError):
+    """The brokers cannot be reached or refused a request; the message names the address."""
+
+
+class KafkaSettings(BaseModel):
+    """Where the Kafka brokers are and how to connect to them.
+
+    `bootstrap_servers` defaults to the environment variable `ANOMON_BOOTSTRAP`, else 127.0.0.1:9092.
+    The SASL password is a `SecretStr` (printed as `**********`). It is taken from
+    `sasl_plain_password`, else from the file `sasl_plain_password_file`, else from the environment
+    variable `ANOMON_KAFKA_PASSWORD`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bootstrap_servers: str = Field(
+        default_factory=lambda: os.environ.get(BOOTSTRAP_ENV, "127.0.0.1:9092"),
+        min_length=1,
+        description="comma-separated host:port list (default: env ANOMON_BOOTSTRAP, else 127.0.0.1:9092)",
+    )
+    client_id: str = "anomon"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+    sasl_plain_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    connect_timeout_ms: int = Field(10_000, ge=100, description="how long to wait for the first broker")
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file_or_env(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("sasl_plain_password") is not None:
+            return data
+        data = dict(data)
+        secret_file = data.get("sasl_plain_password_file")
+        if secret_file is not None:
+            try:
+                data["sasl_plain_password"] = Path(secret_file).read_text().rstrip("\r\n")
+            except OSError as err:
+                raise ValueError(f"cannot read the password file {secret_file}: {err.strerror}") from None
+        elif os.environ.get(PASSWORD_ENV):
+            data["sasl_plain_password"] = os.environ[PASSWORD_ENV]
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and (self.sasl_mechanism is None or not self.sasl_plain_username):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism and sasl_plain_username"
+            )
+        if sasl and self.sasl_plain_password is None:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs a password: sasl_plain_password, "
+                f"sasl_plain_password_file or the environment variable {PASSWORD_ENV}"
+            )
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(
+                f"sasl_mechanism is set but security_protocol {self.security_protocol} is not SASL_*"
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a file")
+        return self
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by kafka-python's producer, consumer and admin client."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "bootstrap_timeout_ms": self.connect_timeout_ms,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_plain_password is not None  # checked by the validator
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_plain_username,
+                "sasl_plain_password": self.sasl_plain_password.get_secret_value(),
+            }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs |= {
+                "ssl_cafile": _str_or_none(self.ssl_cafile),
+                "ssl_certfile": _str_or_none(self.ssl_certfile),
+                "ssl_keyfile": _str_or_none(self.ssl_keyfile),
+                "ssl_check_hostname": self.ssl_check_hostname,
+            }
+        return kwargs
+
+
+class ProducerSettings(BaseModel):
+    """Producer tuning: every record acknowledged by all in-sync replicas, batched for a few ms."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    acks: Literal["all", 0, 1] = "all"
+    linger_ms: int = Field(5, ge=0, le=1000)
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    max_request_size: int = Field(_MAX_RECORD_BYTES, ge=1024)
+    max_block_ms: int = Field(10_000, ge=0, description="how long send() may wait for metadata or buffer")
+
+
+class ConsumerSettings(BaseModel):
+    """Group consumer tuning; offsets are committed by the caller, never automatically.
+
+    `session_timeout_ms` 6000 makes a group join take about 3 s (kafka-python's default 10 s
+    session takes 5 s, and over 20 s on Tansu with every default).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_id: str = Field("anomon", min_length=1)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(2000, ge=100)
+    max_poll_interval_ms: int = Field(60_000, ge=1000, description="longest gap between polls")
+    max_poll_records: int = Field(64, ge=1)
+    max_partition_fetch_bytes: int = Field(_MAX_RECORD_BYTES, ge=1024)
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> ConsumerSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms should be at most a third of session_timeout_ms")
+        return self
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _unavailable(settings: KafkaSettings, err: Exception) -> KafkaUnavailableError:
+    return KafkaUnavailableError(
+        f"cannot reach Kafka at {settings.bootstrap_servers} ({err.__class__.__name__}): "
+        "check the address (--bootstrap) and that the broker is running"
+    )
+
+
+def make_producer(settings: KafkaSettings, producer: ProducerSettings | None = None) -> KafkaProducer:
+    """A connected producer; keys and values are sent as the bytes given.
+
+    Raises:
+        KafkaUnavailableError: no broker answered within `connect_timeout_ms`.
+    """
+    tuning = producer or ProducerSettings()
+    try:
+        return KafkaProducer(**settings.client_kwargs(), **tuning.model_dump())
+    except KafkaError as err:
+        raise _unavailable(settings, err) from err
+
+
+def make_consumer(
+    settings: KafkaSettings, topics: Sequence[str], consumer: ConsumerSettings | None = None
+) -> KafkaConsumer:
+    """A group consumer subscribed to `topics` (none: assign partitions yourself), manual commits.
+
+    Raises:
+        KafkaUnavailableError: no broker answered within `connect_timeout_ms`.
+    """
+    tuning = consumer or ConsumerSettings()
+    try:
+        return KafkaConsumer(
+            *topics, **settings.client_kwargs(), **tuning.model_dump(), enable_auto_commit=False
+        )
+    except KafkaError as err:
+        raise _unavailable(settings, err) from err
+
+
+def create_topics(
+    settings: KafkaSettings, partitions: Mapping[str, int], configs: Mapping[str, str] | None = None
+) -> list[str]:
+    """Create the topics that do not exist yet (name -> partition count); returns the ones created.
+
+    Idempotent: an existing topic is left as it is, whatever its partition count.
+
+    Raises:
+        KafkaUnavailableError: the broker cannot be reached or refused to create a topic.
+    """
+    try:
+        admin = KafkaAdminClient(**settings.client_kwargs())
+    except KafkaError as err:
+        raise _unavailable(settings, err) from err
+    try:
+        new = {
+            name: {"num_partitions": count, "replication_factor": -1, "configs": dict(configs or {})}
+            for name, count in partitions.items()
+        }
+        response = admin.create_topics(new, raise_errors=False)
+        created = []
+        for topic in response["topics"]:
+            if topic["error_code"] == 0:
+                created.append(topic["name"])
+            elif topic["error_code"] != TopicAlreadyExistsError.errno:
+                raise KafkaUnavailableError(
+                    f"Kafka at {settings.bootstrap_servers} refused to create topic {topic['name']}: "
+                    f"{topic['error_message'] or topic['error_code']}"
+                )
+        if created:
+            admin.wait_for_topics(created)
+        return created
+    except KafkaError as err:
+        raise _unavailable(settings, err) from err
+    finally:
+        admin.close()
+
+
+def load_kafka_settings(path: str | Path | None, **overrides: Any) -> KafkaSettings:
+    """Kafka settings from a YAML file (its top level, or its `kafka:` section), then `overrides`.
+
+    Overrides that are None are ignored, so CLI flags left unset keep the file's values.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a field is invalid (one line naming it).
+    """
+    data: dict[str, Any] = {}
+    source = "kafka settings"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"Kafka config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("kafka"), dict):
+            loaded = loaded["kafka"]
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of Kafka settings (bootstrap_servers, ...)")
+        data = dict(loaded or {})
+    data |= {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return KafkaSettings.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ConfigError(f"{source}: field '{field}': {first['msg']}") from None
