@@ -7,6 +7,7 @@ unless ANOMON_DEBUG=1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -244,6 +245,81 @@ def _add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-index", type=int, default=0, help="frame index of the first frame")
 
 
+def _service_config(args: argparse.Namespace) -> Any:
+    from monitor.config import load_service_config
+
+    flags = {
+        "model.artifact": getattr(args, "artifact", None),
+        "model.backend": getattr(args, "backend", None),
+        "model.device": getattr(args, "device", None),
+        "model.threads": getattr(args, "threads", None),
+        "kafka.bootstrap_servers": getattr(args, "bootstrap", None),
+        "consumer.group_id": getattr(args, "group_id", None),
+        "intake.mode": getattr(args, "mode", None),
+        "batching.max_batch": getattr(args, "max_batch", None),
+        "batching.max_wait_ms": getattr(args, "max_wait_ms", None),
+        "http.host": getattr(args, "http_host", None),
+        "http.port": getattr(args, "http_port", None),
+    }
+    return load_service_config(args.config, {k: v for k, v in flags.items() if v is not None})
+
+
+def serve(
+    cfg: Any, max_idle_seconds: float | None = None, on_ready: Callable[[Any], None] | None = None
+) -> Any:
+    """Open the runtime, start the HTTP endpoint and run the service until SIGTERM/SIGINT."""
+    import logging
+    import signal
+
+    from model.runtime import open_runtime
+    from monitor.kafka_client import create_topics
+    from monitor.metrics import HealthServer
+    from monitor.service import MonitorService
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
+    if cfg.model.artifact is None:
+        raise ConfigError("field 'model.artifact': no model given; pass --artifact DIR or set it in --config")
+    runtime = open_runtime(
+        cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=cfg.model.threads
+    )
+    print(f"anomon run: serving {runtime.describe()}", file=sys.stderr)
+    topics = cfg.topics
+    # Output topics get the frames topic's default partitioning; existing topics are left alone.
+    create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
+    service = MonitorService(cfg, runtime)
+    http = None
+    if cfg.http.enabled:
+        http = HealthServer(service.metrics, service.ready, cfg.http.host, cfg.http.port).start()
+        host, port = http.address
+        print(f"anomon run: metrics on http://{host}:{port}/metrics", file=sys.stderr)
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread (tests) signals cannot be hooked: the caller sets stop_requested.
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, lambda *_: service.stop_requested.set())
+    try:
+        service.connect()
+        if on_ready is not None:
+            on_ready(service)
+        return service.run(max_idle_seconds=max_idle_seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if http is not None:
+            http.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _service_config(args)
+    stats = serve(cfg, max_idle_seconds=args.exit_when_idle)
+    print(
+        f"anomon run: stopped after {stats.processed} frames scored, {stats.dead_letters} dead letters, "
+        f"{stats.dropped} dropped, {stats.alerts} alerts"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -357,6 +433,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="write what was sent: [{camera_id, frame_index, clip, clip_frame}, ...]",
     )
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser(
+        "run", help="the service: score frames from Kafka, publish scores and alerts", formatter_class=fmt
+    )
+    p.add_argument(
+        "--config", help="service YAML (kafka, consumer, topics, model, batching, intake, cameras, http)"
+    )
+    p.add_argument("--artifact", help="exported model folder or checkpoint (model.artifact)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="model.backend")
+    p.add_argument("--device", help="model.device: cpu or cuda[:N]")
+    p.add_argument("--threads", type=int, help="model.threads")
+    p.add_argument("--bootstrap", metavar="HOST:PORT", help="kafka.bootstrap_servers")
+    p.add_argument("--group-id", help="consumer.group_id (instances with one id share the cameras)")
+    p.add_argument("--mode", choices=("live", "replay"), help="intake.mode: live drops stale frames")
+    p.add_argument("--max-batch", type=int, help="batching.max_batch")
+    p.add_argument("--max-wait-ms", type=float, help="batching.max_wait_ms")
+    p.add_argument("--http-host", help="http.host (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="http.port (default 9108; 0 = any free port)")
+    p.add_argument(
+        "--exit-when-idle", type=float, metavar="SECONDS", help="stop after this long without frames"
+    )
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -81,6 +81,8 @@ class Reason(StrEnum):
     OVERSIZED = "oversized"
     UNDECODABLE = "undecodable"
     TOO_MANY_PIXELS = "too-many-pixels"
+    INFERENCE_FAILED = "inference-failed"  # the runtime raised on this frame alone
+    INVALID_SCORE = "invalid-score"  # the model returned NaN or infinity for this frame
 
 
 class WireError(ValueError):

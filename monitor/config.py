@@ -1,0 +1,135 @@
+"""The service's configuration: defaults, then a YAML file, then ANOMON__* environment, then flags.
+
+Environment overrides use `__` between levels, e.g. `ANOMON__BATCHING__MAX_BATCH=16` or
+`ANOMON__KAFKA__BOOTSTRAP_SERVERS=kafka:9092`; values are read as YAML scalars. A bad value fails
+at start with one line that names the dotted field.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from model.config import ConfigError
+from monitor.camera import PerCameraSettings
+from monitor.kafka_client import ConsumerSettings, KafkaSettings, ProducerSettings
+from monitor.wire import MAX_FRAME_BYTES, Topics
+
+ENV_PREFIX = "ANOMON__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSettings(_Section):
+    """Which model to serve and on what."""
+
+    artifact: Path | None = Field(None, description="exported folder (anomon export) or checkpoint file")
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    device: str | None = Field(None, description="cpu or cuda[:N]; default: a GPU when present")
+    threads: int | None = Field(None, ge=1, description="CPU inference threads")
+
+
+class BatchingSettings(_Section):
+    """Micro-batching across cameras: a batch closes at max_batch frames or max_wait_ms."""
+
+    max_batch: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+
+
+class IntakeSettings(_Section):
+    """How frames are taken in."""
+
+    mode: Literal["live", "replay"] = Field(
+        "live", description="live drops frames older than max_frame_age_seconds; replay scores all"
+    )
+    max_frame_age_seconds: float = Field(2.0, gt=0)
+    max_frame_bytes: int = Field(MAX_FRAME_BYTES, ge=1024)
+    max_pixels: int = Field(3840 * 2160, ge=64, description="refuse larger images before decoding")
+    decode_workers: int = Field(2, ge=1, le=64)
+
+
+class HttpSettings(_Section):
+    """The metrics/health endpoint."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 to expose it")
+    port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
+
+
+class ServiceConfig(_Section):
+    """Everything `anomon run` needs."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    topics: Topics = Field(default_factory=Topics)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    cameras: PerCameraSettings = Field(default_factory=PerCameraSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"field '{dotted}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Dotted overrides from ANOMON__SECTION__FIELD variables (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            out[name[len(ENV_PREFIX) :].lower().replace("__", ".")] = yaml.safe_load(raw) if raw else None
+    return out
+
+
+def load_service_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServiceConfig:
+    """Build the configuration: defaults < YAML file < environment < `overrides` (dotted keys).
+
+    Raises:
+        ConfigError: missing file, bad YAML, or an invalid field (named with its dotted path).
+    """
+    data: dict[str, Any] = {}
+    source = "configuration"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected sections (kafka, model, batching, intake, cameras, ...)")
+        data = loaded or {}
+    for dotted, value in {
+        **env_overrides(os.environ if environ is None else environ),
+        **(overrides or {}),
+    }.items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: field '{field}': {message}") from None

@@ -1,0 +1,146 @@
+"""Prometheus metrics (prefix `anomon_`) and the HTTP endpoint: /metrics, /healthz, /readyz.
+
+Each service owns its registry, so several services (or tests) can run in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServiceMetrics:
+    """The service's metrics (DESIGN.md plus what an operator needs to tell saturation and stalls)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames_consumed = Counter(
+            "anomon_frames_consumed", "Frame records consumed", ["camera"], registry=r
+        )
+        self.frames_processed = Counter(
+            "anomon_frames_processed", "Frames scored and published", ["camera"], registry=r
+        )
+        self.frames_dropped = Counter(
+            "anomon_frames_dropped",
+            "Frames not scored on purpose (e.g. stale in live mode)",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "anomon_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.inference_seconds = Histogram(
+            "anomon_inference_seconds", "Model inference time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.end_to_end_seconds = Histogram(
+            "anomon_end_to_end_seconds", "Capture to score published", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_seconds = Histogram(
+            "anomon_queue_seconds", "Capture to start of inference", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "anomon_batch_size", "Frames per inference batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.anomaly_score = Gauge(
+            "anomon_anomaly_score", "Last normalized anomaly score (0.5 = threshold)", ["camera"], registry=r
+        )
+        self.last_frame_timestamp = Gauge(
+            "anomon_last_frame_timestamp_seconds",
+            "Capture time of the camera's last scored frame",
+            ["camera"],
+            registry=r,
+        )
+        self.alerts = Counter("anomon_alerts", "Alerts started", ["camera"], registry=r)
+        self.alerts_active = Gauge("anomon_alerts_active", "Alerts open now", ["camera"], registry=r)
+        self.consumer_lag = Gauge(
+            "anomon_consumer_lag_records", "Records behind the partition's end", ["partition"], registry=r
+        )
+        self.model_info = Gauge(
+            "anomon_model_info",
+            "The served model (value 1)",
+            ["name", "version", "backend", "precision"],
+            registry=r,
+        )
+        self.publish_errors = Counter("anomon_publish_errors", "Failed output flushes", registry=r)
+        self.inference_errors = Counter(
+            "anomon_inference_errors",
+            "Batches whose inference raised or returned non-finite values",
+            registry=r,
+        )
+        self.busy_seconds = Counter(
+            "anomon_busy_seconds",
+            "Time spent decoding, inferring and publishing (rate = utilization)",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "anomon_ready", "1 when the model is loaded and partitions are assigned", registry=r
+        )
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """/metrics, /healthz (process alive) and /readyz (ready() is true) on one port, in a thread."""
+
+    def __init__(self, metrics: ServiceMetrics, ready: Callable[[], bool], host: str, port: int) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b'{"status":"alive"}', "application/json")
+                elif path == "/readyz":
+                    ok = outer.ready()
+                    body = json.dumps({"status": "ready" if ok else "not ready"}).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                else:
+                    self._send(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.ready = ready
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="anomon-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound (port 0 picks a free one)."""
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

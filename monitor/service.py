@@ -1,0 +1,427 @@
+"""The consume-score-publish service (`anomon run`).
+
+One cycle: poll a micro-batch across cameras, parse and decode it, score it, update each camera's
+state, publish scores and alert events, flush, and only then commit the offsets (at least once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from model.data import resize_frame
+from model.runtime.base import Runtime
+from monitor import wire
+from monitor.camera import AlertEvent, CameraState
+from monitor.config import ServiceConfig
+from monitor.frames import ConsumedRecord, FrameError, FrameRecord, dead_letter, decode_frame, parse_record
+from monitor.kafka_client import make_consumer, make_producer
+from monitor.localize import MapScale, Region
+from monitor.metrics import ServiceMetrics
+from monitor.snapshot import SnapshotError
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_MS = 200  # how long an idle poll waits, so a stop request is seen promptly
+
+
+@dataclass
+class Frame:
+    """A decoded frame on its way through one cycle."""
+
+    consumed: ConsumedRecord
+    record: FrameRecord
+    image: np.ndarray  # the decoded source frame (kept for the alert snapshot)
+    model_input: np.ndarray  # uint8 [C, H, W] at the model's input size, previous frame stacked
+    received: float  # time.time() when polled
+
+
+@dataclass
+class Peak:
+    """The frame to draw an alert's snapshot from."""
+
+    image: np.ndarray
+    anomaly_map: np.ndarray
+    regions: tuple[Region, ...]
+
+
+@dataclass
+class ServiceStats:
+    """Totals of one run (also in the metrics)."""
+
+    consumed: int = 0
+    processed: int = 0
+    dropped: int = 0
+    dead_letters: int = 0
+    alerts: int = 0
+    cycles: int = 0
+    partitions: set[int] = field(default_factory=set)
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _wire_regions(regions: tuple[Region, ...]) -> list[wire.Region]:
+    return [wire.Region(bbox=r.bbox, score=float(r.score)) for r in regions]
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: MonitorService) -> None:
+        self.service = service
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.service.release(revoked)
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.service.assigned = set(assigned)
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+
+
+class MonitorService:
+    """Consumes frames, scores them with a runtime, publishes scores, alerts and dead letters.
+
+    Args:
+        cfg: the service configuration.
+        runtime: an opened runtime (its model's calibration normalizes scores).
+        metrics: where to count; a fresh registry by default.
+    """
+
+    def __init__(self, cfg: ServiceConfig, runtime: Runtime, metrics: ServiceMetrics | None = None) -> None:
+        served = runtime.model
+        if served.calibration is None:
+            raise ValueError("the model has no calibration: run `anomon calibrate` on its checkpoint first")
+        self.cfg = cfg
+        self.runtime = runtime
+        self.metrics = metrics or ServiceMetrics()
+        self.stats = ServiceStats()
+        self.model_info = wire.ModelInfo(
+            name=served.name, version=served.version, backend=runtime.backend, precision=served.precision
+        )
+        self.metrics.model_info.labels(served.name, served.version, runtime.backend, served.precision).set(1)
+        self.score_scale = served.calibration
+        # Models without a map calibration: the frame calibration is in the same standardized units.
+        self.map_scale = MapScale.from_calibration(served.map_calibration or served.calibration)
+        self.spec = served.config.input
+        self.cameras: dict[str, CameraState] = {}
+        self.camera_partition: dict[str, TopicPartition] = {}
+        self.previous: dict[str, np.ndarray] = {}  # last resized frame per camera, for motion
+        self.peaks: dict[str, Peak] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.stop_requested = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._producer: KafkaProducer | None = None
+        self._pending: list[Any] = []  # send futures of this cycle
+        self._end_to_end: list[float] = []  # capture times of this cycle's scores, observed once flushed
+        self._pool = ThreadPoolExecutor(cfg.intake.decode_workers, thread_name_prefix="anomon-decode")
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Model loaded and partitions assigned (the /readyz answer)."""
+        return self._consumer is not None and bool(self.assigned) and not self.stop_requested.is_set()
+
+    def connect(self) -> None:
+        """Create the producer and the group consumer (subscribed; partitions come with the first polls)."""
+        self._producer = make_producer(self.cfg.kafka, self.cfg.producer)
+        self._consumer = make_consumer(self.cfg.kafka, [], self.cfg.consumer)
+        self._consumer.subscribe([self.cfg.topics.frames], listener=_Rebalance(self))
+
+    def run(self, max_idle_seconds: float | None = None) -> ServiceStats:
+        """Run cycles until `stop_requested` is set (or nothing arrived for max_idle_seconds), then drain."""
+        if self._consumer is None:
+            self.connect()
+        idle_since = time.monotonic()
+        try:
+            while not self.stop_requested.is_set():
+                if self.cycle():
+                    idle_since = time.monotonic()
+                elif max_idle_seconds is not None and time.monotonic() - idle_since > max_idle_seconds:
+                    break
+                self.metrics.ready.set(1 if self.ready() else 0)
+        finally:
+            self.shutdown()
+        return self.stats
+
+    def shutdown(self) -> None:
+        """Drain: end open alerts, publish, flush, commit, leave the group."""
+        self.metrics.ready.set(0)
+        if self._producer is not None:
+            for camera_id in list(self.cameras):
+                self._publish_events(camera_id, self.cameras[camera_id].close())
+            self._flush()
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+        self._pool.shutdown(wait=True)
+
+    def release(self, partitions: set[TopicPartition]) -> None:
+        """Cameras on revoked partitions move to another worker: end their alerts, drop their state."""
+        moving = [c for c, tp in self.camera_partition.items() if tp in partitions]
+        for camera_id in moving:
+            self._publish_events(camera_id, self.cameras.pop(camera_id).close())
+            self.camera_partition.pop(camera_id)
+            self.previous.pop(camera_id, None)
+            self.peaks.pop(camera_id, None)
+        if moving and self._producer is not None:
+            self._flush()
+        self.assigned -= partitions
+
+    # --- one cycle ---------------------------------------------------------------------------------
+
+    def cycle(self) -> bool:
+        """Poll, decode, score, publish, flush, commit one micro-batch; False when nothing came."""
+        records = self._poll_batch()
+        if not records:
+            return False
+        started = time.perf_counter()
+        self.stats.cycles += 1
+        frames = self._intake(records)
+        for start in range(0, len(frames), self.cfg.batching.max_batch):
+            self._score(frames[start : start + self.cfg.batching.max_batch])
+        self._flush()
+        self._commit(records)
+        self._update_lag()
+        self.metrics.busy_seconds.inc(time.perf_counter() - started)
+        return True
+
+    def _poll_batch(self) -> list[Any]:
+        """Up to max_batch records across partitions, waiting at most max_wait_ms after the first."""
+        assert self._consumer is not None
+        batching = self.cfg.batching
+        got: list[Any] = []
+        deadline: float | None = None
+        while len(got) < batching.max_batch:
+            wait_ms = IDLE_POLL_MS if deadline is None else max(0.0, (deadline - time.monotonic()) * 1e3)
+            polled = self._consumer.poll(timeout_ms=int(wait_ms), max_records=batching.max_batch - len(got))
+            for batch in polled.values():
+                got.extend(batch)
+            if got and deadline is None:
+                deadline = time.monotonic() + batching.max_wait_ms / 1e3
+            if deadline is None or time.monotonic() >= deadline:
+                break
+        return got
+
+    def _intake(self, records: list[Any]) -> list[Frame]:
+        """Parse (bad records to the DLQ), drop stale frames in live mode, decode in the pool."""
+        now = time.time()
+        intake = self.cfg.intake
+        parsed: list[tuple[Any, FrameRecord]] = []
+        for consumed in records:
+            try:
+                record = parse_record(consumed, intake.max_frame_bytes)
+            except FrameError as err:
+                self._dead_letter(consumed, err)
+                continue
+            self.stats.consumed += 1
+            self.metrics.frames_consumed.labels(record.camera_id).inc()
+            if intake.mode == "live" and now - record.capture_ts_ns / 1e9 > intake.max_frame_age_seconds:
+                self.stats.dropped += 1
+                self.metrics.frames_dropped.labels(record.camera_id, "stale").inc()
+                continue
+            parsed.append((consumed, record))
+
+        def decode(item: tuple[Any, FrameRecord]) -> np.ndarray | FrameError:
+            try:
+                return decode_frame(item[1], intake.max_pixels, grayscale=not self.spec.color)
+            except FrameError as err:
+                return err
+
+        frames = []
+        for (consumed, record), image in zip(parsed, self._pool.map(decode, parsed), strict=True):
+            if isinstance(image, FrameError):
+                self._dead_letter(consumed, image)
+                continue
+            current = resize_frame(image, self.spec)
+            model_input = current
+            if self.spec.motion:
+                previous = self.previous.get(record.camera_id, current)
+                model_input = np.concatenate([current, previous], axis=0)
+            self.previous[record.camera_id] = current
+            self.camera_partition.setdefault(
+                record.camera_id, TopicPartition(consumed.topic, consumed.partition)
+            )
+            frames.append(Frame(consumed, record, image, model_input, now))
+        return frames
+
+    def _infer(
+        self, frames: list[Frame]
+    ) -> Iterator[tuple[Frame, float, np.ndarray] | tuple[Frame, None, None]]:
+        """Scores and maps per frame; a failing batch is retried frame by frame (policy: README)."""
+        batch = np.stack([f.model_input for f in frames])
+        started = time.perf_counter()
+        try:
+            scores, maps = self.runtime.infer(batch)
+            self.metrics.inference_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(frames))
+            yield from ((f, float(s), m) for f, s, m in zip(frames, scores, maps, strict=True))
+            return
+        except Exception as err:
+            self.metrics.inference_errors.inc()
+            log.warning("inference failed on a batch of %d (%s); retrying frame by frame", len(frames), err)
+        for frame in frames:
+            try:
+                score, amap = self.runtime.infer(frame.model_input[None])
+                yield frame, float(score[0]), amap[0]
+            except Exception as err:
+                self._dead_letter(frame.consumed, FrameError(wire.Reason.INFERENCE_FAILED, str(err)[:200]))
+                yield frame, None, None
+
+    def _score(self, frames: list[Frame]) -> None:
+        inference_started = time.time()
+        for frame, raw, amap in self._infer(frames):
+            if raw is None or amap is None:
+                continue
+            record = frame.record
+            capture = record.capture_ts_ns / 1e9
+            camera = self._camera(record.camera_id)
+            verdict = camera.update(record.frame_index, capture, raw, amap, frame.image.shape[:2])
+            if not verdict.valid:
+                self.metrics.inference_errors.inc()
+                self._dead_letter(
+                    frame.consumed,
+                    FrameError(wire.Reason.INVALID_SCORE, f"the model returned {raw} for this frame"),
+                )
+                continue
+            assert verdict.score is not None
+            if verdict.new_peak:
+                self.peaks[record.camera_id] = Peak(frame.image, amap, verdict.regions)
+            published = time.time()
+            message = wire.ScoreMessage(
+                camera_id=record.camera_id,
+                frame_index=record.frame_index,
+                capture_ts=wire.datetime_from_ns(record.capture_ts_ns),
+                processed_ts=_ts(published),
+                score=verdict.score,
+                raw_score=raw,
+                anomalous=verdict.anomalous,
+                regions=_wire_regions(verdict.regions),
+                model=self.model_info,
+                latency_ms=wire.Latency(
+                    queue=max(0.0, (inference_started - capture) * 1e3),
+                    inference=max(0.0, (published - inference_started) * 1e3 / max(1, len(frames))),
+                    end_to_end=max(0.0, (published - capture) * 1e3),
+                ),
+            )
+            self._send(self.cfg.topics.scores, record.camera_id, wire.encode(message))
+            self.metrics.queue_seconds.observe(max(0.0, inference_started - capture))
+            self.metrics.anomaly_score.labels(record.camera_id).set(verdict.score)
+            self.metrics.last_frame_timestamp.labels(record.camera_id).set(capture)
+            self.metrics.frames_processed.labels(record.camera_id).inc()
+            self.stats.processed += 1
+            self._publish_events(record.camera_id, list(verdict.events))
+            self.metrics.alerts_active.labels(record.camera_id).set(1 if verdict.anomalous else 0)
+            self._end_to_end.append(capture)
+
+    # --- outputs -----------------------------------------------------------------------------------
+
+    def _camera(self, camera_id: str) -> CameraState:
+        if camera_id not in self.cameras:
+            settings = self.cfg.cameras.for_camera(camera_id)
+            self.cameras[camera_id] = CameraState(camera_id, settings, self.score_scale, self.map_scale)
+        return self.cameras[camera_id]
+
+    def _publish_events(self, camera_id: str, events: list[AlertEvent]) -> None:
+        for event in events:
+            snapshot = None
+            peak = self.peaks.get(camera_id)
+            if peak is not None:
+                try:
+                    image = self.cameras[camera_id].snapshot(peak.image, peak.anomaly_map, peak.regions)
+                    snapshot = wire.Snapshot.from_image("image/jpeg", image) if image else None
+                except SnapshotError as err:
+                    log.warning("camera %s: snapshot left out: %s", camera_id, err)
+            message = wire.AlertMessage(
+                type=event.type,
+                alert_id=uuid.UUID(event.alert_id),
+                camera_id=camera_id,
+                start_ts=_ts(event.start_ts),
+                end_ts=_ts(event.end_ts) if event.end_ts is not None else None,
+                frames=max(1, event.frames),
+                peak=wire.AlertPeak(
+                    score=float(event.peak.score),
+                    frame_index=event.peak.frame_index,
+                    ts=_ts(event.peak.ts),
+                    regions=_wire_regions(event.peak.regions),
+                ),
+                snapshot=snapshot,
+                model=self.model_info,
+            )
+            self._send(self.cfg.topics.alerts, camera_id, wire.encode(message))
+            if event.type == "start":
+                self.stats.alerts += 1
+                self.metrics.alerts.labels(camera_id).inc()
+            if event.type == "end":
+                self.metrics.alerts_active.labels(camera_id).set(0)
+                self.peaks.pop(camera_id, None)
+
+    def _send(
+        self, topic: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        assert self._producer is not None
+        self._pending.append(self._producer.send(topic, key=key.encode(), value=value, headers=headers or []))
+
+    def _dead_letter(self, consumed: ConsumedRecord, error: FrameError) -> None:
+        assert self._producer is not None
+        letter = dead_letter(consumed, error)
+        self._pending.append(
+            self._producer.send(
+                self.cfg.topics.dead_letters,
+                key=letter.key,
+                value=letter.value,
+                headers=letter.headers,
+                timestamp_ms=letter.timestamp_ms,
+            )
+        )
+        self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(error.reason.value).inc()
+        log.info("dead letter %s/%s/%s: %s", consumed.topic, consumed.partition, consumed.offset, error)
+
+    def _flush(self) -> None:
+        """Wait until every output of this cycle is acknowledged; raise if one was not."""
+        assert self._producer is not None
+        self._producer.flush()
+        failed = [f for f in self._pending if f.failed()]
+        self._pending.clear()
+        if failed:
+            self.metrics.publish_errors.inc()
+            raise KafkaError(f"{len(failed)} output records were not acknowledged: {failed[0].exception}")
+        now = time.time()
+        for capture in self._end_to_end:
+            self.metrics.end_to_end_seconds.observe(max(0.0, now - capture))
+        self._end_to_end.clear()
+
+    def _commit(self, records: list[Any]) -> None:
+        """Commit the next offset after the last record of each partition in this cycle."""
+        assert self._consumer is not None
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if tp not in offsets or offsets[tp].offset <= r.offset:
+                offsets[tp] = OffsetAndMetadata(r.offset + 1, "", -1)
+            self.stats.partitions.add(r.partition)
+        self._consumer.commit(offsets)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for tp in self.assigned:
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                self.metrics.consumer_lag.labels(str(tp.partition)).set(
+                    max(0, highwater - self._consumer.position(tp))
+                )
