@@ -320,6 +320,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    result = run_demo(frames=args.frames, fps=args.fps, http_port=args.http_port, workdir=args.workdir)
+    return 0 if result.scores == result.frames_sent else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -455,6 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-when-idle", type=float, metavar="SECONDS", help="stop after this long without frames"
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="one-command first run: embedded broker, a model trained on a generated scene, live scores",
+        formatter_class=fmt,
+    )
+    p.add_argument("--frames", type=int, default=120, help="frames in the replayed test clip")
+    p.add_argument("--fps", type=float, default=15.0, help="replay rate")
+    p.add_argument("--http-port", type=int, default=9108, help="metrics port (0 = any free port)")
+    p.add_argument("--workdir", help="where the scene, model and export go (default: a temp folder)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
