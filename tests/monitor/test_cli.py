@@ -65,6 +65,22 @@ def test_eval_reports_the_protocol_metrics(trained: Path, ped2_like: Path, tmp_p
     assert result["auroc_causal_micro"] > 0.8
 
 
+def test_export_then_eval_on_onnxruntime_matches_torch(
+    trained: Path, ped2_like: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "artifact"
+    assert main(["export", "--checkpoint", str(trained), "--out", str(out)]) == 0
+    results = {}
+    for backend, artifact in (("torch", trained), ("onnxruntime", out)):
+        report = tmp_path / f"{backend}.json"
+        args = ["eval", "--checkpoint", str(artifact), "--data", str(ped2_like), "--json", str(report)]
+        assert main([*args, "--backend", backend, "--device", "cpu"]) == 0
+        results[backend] = json.loads(report.read_text())
+    assert results["onnxruntime"]["backend"] == "onnxruntime" and results["torch"]["backend"] == "torch"
+    for key in ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro"):
+        assert round(results["onnxruntime"][key], 3) == round(results["torch"][key], 3)
+
+
 def test_bad_config_fails_with_one_line_naming_the_field(ped2_like: Path, tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"train": {"epochs": -1}}))
@@ -81,7 +97,9 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
     assert done.returncode == 2 and "data path not found" in done.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "calibrate", "eval"])
+@pytest.mark.parametrize(
+    "command", ["train", "calibrate", "eval", "export", "bench", "ingest", "replay", "run", "demo"]
+)
 def test_every_command_has_help_with_defaults(command: str) -> None:
     done = _anomon(command, "--help")
     assert done.returncode == 0 and "usage: anomon" in done.stdout and "--" in done.stdout
