@@ -35,6 +35,7 @@ from monitor.snapshot import SnapshotError
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200  # how long an idle poll waits, so a stop request is seen promptly
+RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seconds
 
 
 @dataclass
@@ -121,6 +122,7 @@ class MonitorService:
         self.peaks: dict[str, Peak] = {}
         self.assigned: set[TopicPartition] = set()
         self.stop_requested = threading.Event()
+        self.healthy = True  # False while Kafka errors are being retried
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
         self._pending: list[Any] = []  # send futures of this cycle
@@ -131,7 +133,12 @@ class MonitorService:
 
     def ready(self) -> bool:
         """Model loaded and partitions assigned (the /readyz answer)."""
-        return self._consumer is not None and bool(self.assigned) and not self.stop_requested.is_set()
+        return (
+            self._consumer is not None
+            and bool(self.assigned)
+            and self.healthy
+            and not self.stop_requested.is_set()
+        )
 
     def connect(self) -> None:
         """Create the producer and the group consumer (subscribed; partitions come with the first polls)."""
@@ -144,9 +151,24 @@ class MonitorService:
         if self._consumer is None:
             self.connect()
         idle_since = time.monotonic()
+        backoff = RETRY_BACKOFF[0]
         try:
             while not self.stop_requested.is_set():
-                if self.cycle():
+                try:
+                    worked = self.cycle()
+                    backoff = RETRY_BACKOFF[0]
+                except KafkaError as err:
+                    # Outputs not acknowledged or the broker gone: nothing of this cycle was committed,
+                    # so rewind to the committed offsets and retry after a growing pause.
+                    self.healthy = False
+                    self.metrics.ready.set(0)
+                    log.warning("Kafka error (%s); retrying in %.1f s", err, backoff)
+                    self.stop_requested.wait(backoff)
+                    backoff = min(RETRY_BACKOFF[1], backoff * 2)
+                    self._rewind()
+                    continue
+                self.healthy = True
+                if worked:
                     idle_since = time.monotonic()
                 elif max_idle_seconds is not None and time.monotonic() - idle_since > max_idle_seconds:
                     break
@@ -155,13 +177,31 @@ class MonitorService:
             self.shutdown()
         return self.stats
 
+    def _rewind(self) -> None:
+        """Seek every assigned partition back to its committed offset (frames after it are redone)."""
+        assert self._consumer is not None
+        self._pending.clear()
+        self._end_to_end.clear()
+        try:
+            for tp in self.assigned:
+                committed = self._consumer.committed(tp)
+                if committed is None:
+                    self._consumer.seek_to_beginning(tp)
+                else:
+                    self._consumer.seek(tp, committed)
+        except KafkaError as err:
+            log.warning("cannot rewind yet (%s); will retry", err)
+
     def shutdown(self) -> None:
         """Drain: end open alerts, publish, flush, commit, leave the group."""
         self.metrics.ready.set(0)
         if self._producer is not None:
-            for camera_id in list(self.cameras):
-                self._publish_events(camera_id, self.cameras[camera_id].close())
-            self._flush()
+            try:
+                for camera_id in list(self.cameras):
+                    self._publish_events(camera_id, self.cameras[camera_id].close())
+                self._flush()
+            except KafkaError as err:  # the scores are committed already; only the end events are lost
+                log.error("could not publish the end events of open alerts on shutdown: %s", err)
         if self._consumer is not None:
             self._consumer.close(autocommit=False)
             self._consumer = None
