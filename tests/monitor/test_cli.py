@@ -92,7 +92,7 @@ def test_bad_config_fails_with_one_line_naming_the_field(ped2_like: Path, tmp_pa
 
 def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None:
     done = _anomon("eval", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(tmp_path))
-    assert done.returncode == 2 and "checkpoint not found" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "artifact not found" in done.stderr and "Traceback" not in done.stderr
     done = _anomon("train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"))
     assert done.returncode == 2 and "data path not found" in done.stderr
 
