@@ -19,8 +19,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from monitor.wire import Reason
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DROP_REASONS = ("stale",)  # why the service drops frames on purpose (live mode only)
 
 
 class ServiceMetrics:
@@ -67,6 +70,12 @@ class ServiceMetrics:
         )
         self.alerts = Counter("anomon_alerts", "Alerts started", ["camera"], registry=r)
         self.alerts_active = Gauge("anomon_alerts_active", "Alerts open now", ["camera"], registry=r)
+        self.alert_threshold = Gauge(
+            "anomon_alert_threshold",
+            "The camera's on-threshold on the normalized score (plotted with the score)",
+            ["camera"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "anomon_consumer_lag_records", "Records behind the partition's end", ["partition"], registry=r
         )
@@ -90,6 +99,17 @@ class ServiceMetrics:
         self.ready = Gauge(
             "anomon_ready", "1 when the model is loaded and partitions are assigned", registry=r
         )
+        # Counters exist from the start at zero, so rate() and alert rules see "none yet", not "no data".
+        for reason in Reason:
+            self.dead_letters.labels(reason.value)
+
+    def track_camera(self, camera: str, on_threshold: float) -> None:
+        """Export a newly seen camera's series at zero and its alert threshold."""
+        for reason in DROP_REASONS:
+            self.frames_dropped.labels(camera, reason)
+        self.alerts.labels(camera)
+        self.alerts_active.labels(camera).set(0)
+        self.alert_threshold.labels(camera).set(on_threshold)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

@@ -374,6 +374,7 @@ class MonitorService:
         if camera_id not in self.cameras:
             settings = self.cfg.cameras.for_camera(camera_id)
             self.cameras[camera_id] = CameraState(camera_id, settings, self.score_scale, self.map_scale)
+            self.metrics.track_camera(camera_id, settings.on_threshold)
         return self.cameras[camera_id]
 
     def _publish_events(self, camera_id: str, events: list[AlertEvent]) -> None:
