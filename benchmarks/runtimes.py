@@ -44,6 +44,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per configuration per round")
     parser.add_argument("--skip-accuracy", action="store_true", help="timing only")
+    parser.add_argument(
+        "--accuracy-from",
+        help="reuse the accuracy block of an earlier runtimes.json (same artifacts) instead of evaluating",
+    )
     parser.add_argument("--out", default=str(RESULTS / "runtimes.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -91,7 +95,10 @@ def main() -> None:
     }
 
     accuracy = {}
-    if not args.skip_accuracy:
+    if args.accuracy_from:
+        accuracy = json.loads(Path(args.accuracy_from).read_text())["accuracy"]
+        accuracy["note"] = "from an earlier run of this script on the same checkpoint and export settings"
+    elif not args.skip_accuracy:
         for precision in artifacts:
             runtime = runtimes[("onnxruntime", precision)]
             result = evaluate_path(
@@ -159,6 +166,8 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|---|",
         ]
         for name, a in report["accuracy"].items():
+            if name == "note":
+                continue
             lines.append(
                 f"| {name} | {a['auroc_causal_micro']:.4f} | {a['auroc_paper_micro']:.4f} | "
                 f"{a['auroc_macro']:.4f} | {a['pixel_auroc']:.4f} |"
