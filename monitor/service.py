@@ -140,13 +140,14 @@ class MonitorService:
         self._consumer.subscribe([self.cfg.topics.frames], listener=_Rebalance(self))
 
     def run(self, max_idle_seconds: float | None = None) -> ServiceStats:
-        """Run cycles until `stop_requested` is set (or nothing arrived for max_idle_seconds), then drain."""
+        """Run cycles until `stop_requested` is set, or nothing came for max_idle_seconds while assigned; drain."""
         if self._consumer is None:
             self.connect()
         idle_since = time.monotonic()
         try:
             while not self.stop_requested.is_set():
-                if self.cycle():
+                # Idle time counts only while partitions are assigned: a slow group join is not idleness.
+                if self.cycle() or not self.assigned:
                     idle_since = time.monotonic()
                 elif max_idle_seconds is not None and time.monotonic() - idle_since > max_idle_seconds:
                     break
