@@ -140,7 +140,7 @@ class MonitorService:
         self._consumer.subscribe([self.cfg.topics.frames], listener=_Rebalance(self))
 
     def run(self, max_idle_seconds: float | None = None) -> ServiceStats:
-        """Run cycles until `stop_requested` is set, or nothing came for max_idle_seconds while assigned; drain."""
+        """Run cycles until `stop_requested` is set (or idle max_idle_seconds while assigned), then drain."""
         if self._consumer is None:
             self.connect()
         idle_since = time.monotonic()
