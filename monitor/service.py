@@ -175,7 +175,11 @@ class MonitorService:
         """Cameras on revoked partitions move to another worker: end their alerts, drop their state."""
         moving = [c for c, tp in self.camera_partition.items() if tp in partitions]
         for camera_id in moving:
-            self._publish_events(camera_id, self.cameras.pop(camera_id).close())
+            # Close before dropping the state: the end event's snapshot reads it. A camera seen in
+            # intake may have no state yet (revoked before any of its frames was scored).
+            if camera_id in self.cameras:
+                self._publish_events(camera_id, self.cameras[camera_id].close())
+            self.cameras.pop(camera_id, None)
             self.camera_partition.pop(camera_id)
             self.previous.pop(camera_id, None)
             self.peaks.pop(camera_id, None)

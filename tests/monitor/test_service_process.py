@@ -94,9 +94,11 @@ class AnomonRun:
 
     def wait(self, timeout_s: float = 60.0) -> tuple[int, str]:
         """Exit code and stdout."""
-        stdout, _ = self.process.communicate(timeout=timeout_s)
+        # Not communicate(): it would read stderr too, racing the collecting thread.
+        self.process.wait(timeout_s)
         self._reader.join(5)
-        return self.process.returncode, stdout
+        assert self.process.stdout is not None
+        return self.process.returncode, self.process.stdout.read()
 
     def kill(self) -> None:
         if self.process.poll() is None:
