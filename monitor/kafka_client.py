@@ -154,6 +154,9 @@ class ConsumerSettings(BaseModel):
     max_poll_interval_ms: int = Field(60_000, ge=1000, description="longest gap between polls")
     max_poll_records: int = Field(64, ge=1)
     max_partition_fetch_bytes: int = Field(_MAX_RECORD_BYTES, ge=1024)
+    # Tansu holds every fetch for the full wait even when records arrive (Kafka answers at once), so
+    # kafka-python's 500 ms default put up to half a second on each frame's latency.
+    fetch_max_wait_ms: int = Field(20, ge=0, le=10_000, description="longest a fetch waits for records")
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> ConsumerSettings:

@@ -147,7 +147,7 @@ class MonitorService:
         self._consumer.subscribe([self.cfg.topics.frames], listener=_Rebalance(self))
 
     def run(self, max_idle_seconds: float | None = None) -> ServiceStats:
-        """Run cycles until `stop_requested` is set (or nothing arrived for max_idle_seconds), then drain."""
+        """Run cycles until `stop_requested` is set (or idle max_idle_seconds while assigned), then drain."""
         if self._consumer is None:
             self.connect()
         idle_since = time.monotonic()
@@ -168,7 +168,8 @@ class MonitorService:
                     self._rewind()
                     continue
                 self.healthy = True
-                if worked:
+                # Idle time counts only while partitions are assigned: a slow group join is not idleness.
+                if worked or not self.assigned:
                     idle_since = time.monotonic()
                 elif max_idle_seconds is not None and time.monotonic() - idle_since > max_idle_seconds:
                     break
@@ -214,7 +215,11 @@ class MonitorService:
         """Cameras on revoked partitions move to another worker: end their alerts, drop their state."""
         moving = [c for c, tp in self.camera_partition.items() if tp in partitions]
         for camera_id in moving:
-            self._publish_events(camera_id, self.cameras.pop(camera_id).close())
+            # Close before dropping the state: the end event's snapshot reads it. A camera seen in
+            # intake may have no state yet (revoked before any of its frames was scored).
+            if camera_id in self.cameras:
+                self._publish_events(camera_id, self.cameras[camera_id].close())
+            self.cameras.pop(camera_id, None)
             self.camera_partition.pop(camera_id)
             self.previous.pop(camera_id, None)
             self.peaks.pop(camera_id, None)

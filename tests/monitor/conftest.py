@@ -1,4 +1,4 @@
-"""Kafka for the monitor tests: one embedded Tansu broker per session, or an external Kafka.
+"""Kafka for the monitor tests (one embedded Tansu broker per session, or an external Kafka) and the service.
 
 Set ANOMON_TEST_BOOTSTRAP=host:port to run against an existing Kafka (e.g. Apache Kafka) instead.
 Tests create uniquely named topics, so they never see each other's records.
@@ -6,18 +6,26 @@ Tests create uniquely named topics, so they never see each other's records.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from monitor.broker import EmbeddedBroker
+from monitor.config import ServiceConfig, load_service_config
 from monitor.kafka_client import KafkaSettings, create_topics
+from monitor.metrics import HealthServer
+from monitor.service import MonitorService
+from monitor.wire import ScoreMessage, decode, load_schema
 
 TopicFactory = Callable[..., str]
 RecordReader = Callable[..., list[Any]]
@@ -74,3 +82,133 @@ def read_records(kafka_bootstrap: str) -> RecordReader:
             consumer.close()
 
     return read
+
+
+# --- the service under test -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint exported to an fp32 ONNX artifact (what `anomon run` serves)."""
+    from model.export import export_artifact
+
+    out = tmp_path_factory.mktemp("tiny_onnx")
+    export_artifact(tiny_checkpoint, out, "fp32")
+    return out
+
+
+@dataclass(frozen=True)
+class ServiceTopics:
+    """The unique topics of one test's service."""
+
+    frames: str
+    scores: str
+    alerts: str
+    dead_letters: str
+
+    def config(self) -> dict[str, str]:
+        return {f"topics.{name}": value for name, value in asdict(self).items()}
+
+
+@pytest.fixture
+def service_topics(new_topic: TopicFactory) -> Callable[[int], ServiceTopics]:
+    """Creates a frames topic with N partitions and the three output topics."""
+
+    def create(partitions: int = 1) -> ServiceTopics:
+        return ServiceTopics(
+            frames=new_topic(partitions, ".frames"),
+            scores=new_topic(1, ".scores"),
+            alerts=new_topic(1, ".alerts"),
+            dead_letters=new_topic(1, ".dlq"),
+        )
+
+    return create
+
+
+def service_config(bootstrap: str, topics: ServiceTopics, artifact: Path, **overrides: Any) -> ServiceConfig:
+    """A replay-mode config for tests: unique group, fast polling, dotted `overrides` on top."""
+    base: dict[str, Any] = {
+        "kafka.bootstrap_servers": bootstrap,
+        "consumer.group_id": f"test-{uuid.uuid4().hex[:8]}",
+        "model.artifact": str(artifact),
+        "model.backend": "onnxruntime",
+        "model.threads": 1,
+        "intake.mode": "replay",
+        "batching.max_wait_ms": 5,
+        "http.port": 0,
+        **topics.config(),
+    }
+    return load_service_config(None, {**base, **overrides}, environ={})
+
+
+class ServiceThread:
+    """A MonitorService with its HTTP endpoint, run in a thread (what `serve` does, minus signals).
+
+    The endpoint answers from construction on; `start()` connects and runs the service, `stop()`
+    drains it; leaving the `with` block stops both.
+    """
+
+    def __init__(self, cfg: ServiceConfig, max_idle_seconds: float | None = None) -> None:
+        from model.runtime import open_runtime
+
+        assert cfg.model.artifact is not None
+        runtime = open_runtime(cfg.model.artifact, cfg.model.backend, threads=cfg.model.threads)
+        self.service = MonitorService(cfg, runtime)
+        self.http = HealthServer(self.service.metrics, self.service.ready, "127.0.0.1", 0).start()
+        self.max_idle_seconds = max_idle_seconds
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="service-under-test", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.http.address
+        return f"http://{host}:{port}"
+
+    def _run(self) -> None:
+        try:
+            self.service.run(self.max_idle_seconds)
+        except BaseException as err:  # re-raised by stop(), so a failing service fails its test
+            self.error = err
+
+    def start(self) -> ServiceThread:
+        self.service.connect()
+        self._thread.start()
+        return self
+
+    def wait_assigned(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.service.ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.service.ready(), f"no partitions assigned within {timeout_s} s"
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Request a stop (the service drains), wait for it and re-raise what the service raised."""
+        self.service.stop_requested.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+            assert not self._thread.is_alive(), "the service did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> ServiceThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.http.stop()
+
+
+def decode_scores(records: list[Any]) -> list[ScoreMessage]:
+    """Score messages of consumed records, each checked against the shipped JSON Schema first."""
+    validator = jsonschema.Draft202012Validator(
+        load_schema("score"), format_checker=jsonschema.FormatChecker()
+    )
+    scores = []
+    for record in records:
+        validator.validate(json.loads(record.value))
+        message = decode(record.value)
+        assert isinstance(message, ScoreMessage) and record.key == message.camera_id.encode()
+        scores.append(message)
+    return scores

@@ -1,11 +1,16 @@
-"""Kafka settings: client kwargs per security protocol, secrets, validation and the YAML loader."""
+"""Kafka settings: client kwargs per protocol, secrets, validation, the YAML loader, fetch latency."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from kafka import TopicPartition
 
 from model.config import ConfigError
 from monitor.kafka_client import (
@@ -13,7 +18,10 @@ from monitor.kafka_client import (
     PASSWORD_ENV,
     ConsumerSettings,
     KafkaSettings,
+    ProducerSettings,
     load_kafka_settings,
+    make_consumer,
+    make_producer,
 )
 
 
@@ -108,3 +116,36 @@ def test_yaml_loader_errors_are_one_line_naming_the_field(tmp_path: Path) -> Non
     config.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_kafka_settings(config)
+
+
+def test_a_consumer_gets_records_of_a_live_camera_without_waiting_out_the_fetch(
+    kafka_settings: KafkaSettings, new_topic: Callable[..., str]
+) -> None:
+    # Tansu holds fetches up to their max wait even when records arrive; the default must be short.
+    topic = new_topic()
+    consumer = make_consumer(kafka_settings, [], ConsumerSettings(group_id=f"g-{topic}"))
+    producer = make_producer(kafka_settings, ProducerSettings(linger_ms=0))
+    count = 20
+
+    def camera() -> None:  # one record every 100 ms, like a 10 fps camera
+        for _ in range(count):
+            producer.send(topic, value=repr(time.time()).encode()).get(timeout=10)
+            time.sleep(0.1)
+
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        consumer.poll(timeout_ms=200)
+        sender = threading.Thread(target=camera)
+        sender.start()
+        latencies: list[float] = []
+        deadline = time.monotonic() + 20
+        while len(latencies) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=200).values():
+                now = time.time()
+                latencies += [now - float(r.value) for r in batch]
+        sender.join()
+    finally:
+        consumer.close()
+        producer.close()
+    assert len(latencies) == count
+    assert np.median(latencies) < 0.05, f"median {np.median(latencies) * 1e3:.0f} ms from send to poll"

@@ -1,0 +1,357 @@
+"""The streaming service end to end on this CPU: cameras -> embedded broker -> `anomon run` -> scores.
+
+Live runs: N cameras (1, 2, 4) replay Ped2 test clips at 10 frames/s each (capture time = send
+time) into an N-partition frames topic while `anomon run` (live mode, ONNX Runtime fp32 export of
+the committed checkpoint, 2 threads) scores them. Latency = capture to score published
+(`latency_ms.end_to_end` of each score) and capture to score received by a consumer.
+
+Saturation run: the frames are pre-loaded, then the service (replay mode) runs flat out; its
+frames/s (first to last score published) is compared with the model alone (`model.runtime.bench`)
+at the batch size the service ran, timed just before and just after it in the same run.
+
+    python benchmarks/stream.py --data ../shared/data/ucsd_ped2 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from tqdm import tqdm
+
+from model.export import export_artifact
+from model.runtime import open_runtime
+from model.runtime.bench import measure
+from monitor.broker import EmbeddedBroker
+from monitor.ingest import FramePublisher
+from monitor.kafka_client import KafkaSettings, create_topics, make_producer
+from monitor.replay import find_clips, replay
+from monitor.wire import ScoreMessage, decode
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ScoreReader(threading.Thread):
+    """Consumes the scores topic from its start, noting when each score arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,  # as the service's consumer: Tansu holds fetches for the full wait
+        )
+        self.consumer.assign([TopicPartition(topic, 0)])
+        self.received: list[tuple[ScoreMessage, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for batch in self.consumer.poll(timeout_ms=100).values():
+                now = time.time()
+                for record in batch:
+                    message = decode(record.value)
+                    assert isinstance(message, ScoreMessage)
+                    self.received.append((message, now))
+        self.consumer.close()
+
+
+class Service:
+    """`anomon run` as a subprocess with its metrics endpoint on a known port."""
+
+    def __init__(self, config: dict[str, Any], work: Path) -> None:
+        self.port = _free_port()
+        config = {**config, "http": {"port": self.port}}
+        path = work / f"run-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.log = (work / f"{path.stem}.log").open("w")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "run", "--config", str(path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, ""
+        except urllib.error.URLError:
+            return 0, ""
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"anomon run exited with {self.process.returncode}; see {self.log.name}")
+            if self.get("/readyz")[0] == 200:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"anomon run not ready within {timeout_s} s; see {self.log.name}")
+
+    def metrics(self) -> dict[str, float]:
+        """Sample name (with labels) -> value."""
+        _, text = self.get("/metrics")
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return out
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        self.log.close()
+
+
+def _total(metrics: dict[str, float], name: str) -> float:
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
+@dataclass
+class Row:
+    """One run's numbers."""
+
+    scenario: str
+    cameras: int
+    mode: str
+    input_fps: float
+    frames_sent: int
+    frames_scored: int
+    frames_dropped: int
+    processed_fps: float
+    mean_batch: float
+    inference_share: float  # the service's time in the model / first-to-last score: 1 = no overhead
+    e2e_p50_ms: float
+    e2e_p99_ms: float
+    received_p50_ms: float
+    received_p99_ms: float
+
+
+def _row(
+    scenario: str, cameras: int, mode: str, sent: int, input_fps: float, reader: ScoreReader, metrics: dict
+) -> Row:
+    scores = [m for m, _ in reader.received]
+    e2e = np.array([m.latency_ms.end_to_end for m in scores])
+    received = np.array([(t - m.capture_ts.timestamp()) * 1e3 for m, t in reader.received])
+    published = sorted(m.processed_ts.timestamp() for m in scores)
+    span = published[-1] - published[0] if len(published) > 1 else float("nan")
+    return Row(
+        scenario=scenario,
+        cameras=cameras,
+        mode=mode,
+        input_fps=input_fps,
+        frames_sent=sent,
+        frames_scored=len(scores),
+        frames_dropped=int(_total(metrics, "anomon_frames_dropped_total")),
+        processed_fps=(len(scores) - 1) / span,
+        inference_share=_total(metrics, "anomon_inference_seconds_sum") / span,
+        mean_batch=_total(metrics, "anomon_batch_size_sum")
+        / max(1.0, _total(metrics, "anomon_batch_size_count")),
+        e2e_p50_ms=float(np.percentile(e2e, 50)),
+        e2e_p99_ms=float(np.percentile(e2e, 99)),
+        received_p50_ms=float(np.percentile(received, 50)),
+        received_p99_ms=float(np.percentile(received, 99)),
+    )
+
+
+def _wait_scored(reader: ScoreReader, service: Service, expected: int, timeout_s: float, desc: str) -> dict:
+    """Until every frame sent is scored or dropped (or timeout); returns the service's metrics then."""
+    deadline = time.monotonic() + timeout_s
+    with tqdm(total=expected, desc=desc, unit="frame") as bar:
+        while time.monotonic() < deadline:
+            metrics = service.metrics()
+            done = len(reader.received) + int(_total(metrics, "anomon_frames_dropped_total"))
+            bar.update(done - bar.n)
+            if done >= expected:
+                break
+            time.sleep(0.2)
+    time.sleep(0.5)  # the last scores' receive times
+    return service.metrics()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", default="benchmarks/artifacts/anomem_ped2.safetensors")
+    parser.add_argument("--data", default="../shared/data/ucsd_ped2", help="Ped2 root (test/ clips)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the service")
+    parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--fps", type=float, default=10.0, help="frames/s per camera in the live runs")
+    parser.add_argument("--clips", nargs="+", default=["01"], help="test clips each live camera replays")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument(
+        "--saturation-clips", nargs="+", default=["01", "02"], help="clips pre-loaded as 2 cameras"
+    )
+    parser.add_argument("--out", default=str(RESULTS / "stream.json"))
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="anomon-stream-"))
+    artifact = work / "ped2-fp32"
+    export_artifact(args.checkpoint, artifact, "fp32")
+    clips = find_clips(args.data, args.clips)
+    rows: list[Row] = []
+    model_only: list[dict[str, Any]] = []
+    with EmbeddedBroker(log_path=work / "tansu.log") as broker:
+        settings = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="anomon-bench")
+
+        def config(name: str, partitions: int, mode: str) -> dict[str, Any]:
+            topics = {k: f"bench.{name}.{k}" for k in ("frames", "scores", "alerts", "dead_letters")}
+            create_topics(settings, {topics["frames"]: partitions, topics["scores"]: 1})
+            return {
+                "kafka": {"bootstrap_servers": broker.bootstrap},
+                "consumer": {"group_id": f"bench-{name}"},
+                "topics": topics,
+                "model": {"artifact": str(artifact), "backend": "onnxruntime", "threads": args.threads},
+                "intake": {"mode": mode},
+                "batching": {"max_batch": args.max_batch},
+                # Alerts and snapshots are part of the work, as in production.
+            }
+
+        for cameras in args.cameras:
+            name = f"live{cameras}"
+            cfg = config(name, cameras, "live")
+            service = Service(cfg, work)
+            service.wait_ready()
+            reader = ScoreReader(broker.bootstrap, cfg["topics"]["scores"])
+            reader.start()
+            producer = make_producer(settings)
+            report = replay(
+                clips, FramePublisher(producer, cfg["topics"]["frames"]), fps=args.fps, cameras=cameras
+            )
+            producer.close()
+            metrics = _wait_scored(reader, service, len(report.sent), 60, f"{name} scoring")
+            reader.stop.set()
+            service.stop()
+            rows.append(_row(name, cameras, "live", len(report.sent), args.fps * cameras, reader, metrics))
+            print(rows[-1])
+
+        # Saturation: pre-load, then let the service run flat out.
+        name = "saturated"
+        cfg = config(name, 2, "replay")
+        producer = make_producer(settings)
+        preload = replay(
+            find_clips(args.data, args.saturation_clips),
+            FramePublisher(producer, cfg["topics"]["frames"]),
+            fps=1000,
+            cameras=2,
+        )
+        producer.close()
+        runtime = open_runtime(artifact, "onnxruntime", threads=args.threads)
+        model_only.append(asdict(measure(runtime, args.max_batch, calls=20)) | {"when": "before"})
+        reader = ScoreReader(broker.bootstrap, cfg["topics"]["scores"])
+        reader.start()
+        service = Service(cfg, work)
+        metrics = _wait_scored(reader, service, len(preload.sent), 600, "saturated scoring")
+        reader.stop.set()
+        service.stop()
+        model_only.append(asdict(measure(runtime, args.max_batch, calls=20)) | {"when": "after"})
+        rows.append(_row(name, 2, "replay (pre-loaded)", len(preload.sent), float("nan"), reader, metrics))
+        print(rows[-1])
+
+    saturated = rows[-1]
+    model_fps = float(np.mean([m["fps"] for m in model_only]))
+    report_doc = {
+        "command": f"python benchmarks/stream.py --data {args.data} --threads {args.threads}",
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "onnxruntime": onnxruntime.__version__,
+            "gpu": None,
+            "broker": "embedded Tansu (memory storage), same machine",
+            # Shared with other engineers' jobs: the load says how contended the cores were.
+            "load_average_1_5_15_before": load_before,
+            "load_average_1_5_15_after": os.getloadavg(),
+        },
+        "model": {
+            "checkpoint": args.checkpoint,
+            "backend": "onnxruntime",
+            "precision": "fp32",
+            "threads": args.threads,
+        },
+        "rows": [asdict(r) for r in rows],
+        "model_only": model_only,
+        "saturation_ratio": saturated.processed_fps / model_fps,
+        "saturated_inference_share": saturated.inference_share,
+        "targets": {"saturation_ratio": 0.85, "live_p99_ms_below_capacity": 250},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report_doc, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report_doc))
+    print(markdown(report_doc))
+
+
+def _load(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Streaming service on this CPU (embedded broker, ONNX Runtime fp32)",
+        "",
+        f"`{report['command']}`",
+        "",
+        "| run | cameras | input fps | sent | scored | dropped | processed fps | mean batch | "
+        "model share | e2e p50 ms | e2e p99 ms | received p50 ms | received p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['scenario']} | {r['cameras']} | {r['input_fps']:.0f} | {r['frames_sent']} | "
+            f"{r['frames_scored']} | {r['frames_dropped']} | {r['processed_fps']:.1f} | "
+            f"{r['mean_batch']:.1f} | {r['inference_share']:.0%} | "
+            f"{r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} | {r['received_p50_ms']:.0f} | "
+            f"{r['received_p99_ms']:.0f} |"
+        )
+    model = ", ".join(f"{m['when']}: {m['fps']:.1f} fps (batch {m['batch']})" for m in report["model_only"])
+    lines += [
+        "",
+        f"Model only, same backend and threads: {model}.",
+        f"Saturation ratio (saturated service fps / model-only fps): **{report['saturation_ratio']:.2f}** "
+        f"(target {report['targets']['saturation_ratio']}). In the saturated run the service spent "
+        f"{report['saturated_inference_share']:.0%} of its wall time in the model (the rest: poll, decode, "
+        "localize, publish, flush, commit).",
+        f"Load average (1/5/15 min) before: {_load(report['machine']['load_average_1_5_15_before'])}, "
+        f"after: {_load(report['machine']['load_average_1_5_15_after'])} on "
+        f"{report['machine']['cores']} cores shared with other jobs.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The service against the real broker and ONNX Runtime: scores, alerts, dead letters, scale-out, health."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+from kafka.partitioner import murmur2
+from prometheus_client.parser import text_string_to_metric_families
+
+from model.export import export_artifact
+from monitor.ingest import FramePublisher
+from monitor.kafka_client import KafkaSettings, make_producer
+from monitor.replay import ReplayReport, find_clips, replay
+from monitor.wire import HEADER_ERROR, HEADER_SOURCE, AlertMessage, decode, frame_headers
+from tests.conftest import PED2, PED2_CHECKPOINT
+from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, decode_scores, service_config
+
+TopicsFactory = Callable[[int], ServiceTopics]
+
+
+def _replay(
+    kafka_settings: KafkaSettings,
+    topic: str,
+    data: Path,
+    clips: list[str],
+    fps: float = 1000.0,
+    cameras: int = 1,
+    prefix: str = "cam",
+) -> ReplayReport:
+    producer = make_producer(kafka_settings)
+    try:
+        publisher = FramePublisher(producer, topic)
+        return replay(
+            find_clips(data, clips), publisher, fps=fps, cameras=cameras, camera_prefix=prefix, progress=False
+        )
+    finally:
+        producer.close()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _offset(source: str) -> int:
+    """The offset of an `anomon-source` header (topic/partition/offset)."""
+    return int(source.rsplit("/", 1)[1])
+
+
+def _box_hits_mask(bbox: list[int], mask: np.ndarray) -> bool:
+    x1, y1, x2, y2 = bbox
+    return bool(mask[y1 : y2 + 1, x1 : x2 + 1].any())
+
+
+@pytest.fixture(scope="module")
+def ped2_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed Ped2 checkpoint exported to fp32 ONNX."""
+    if not (PED2 / "labels.json").is_file():
+        pytest.skip(f"UCSD Ped2 is not at {PED2}")
+    out = tmp_path_factory.mktemp("ped2_onnx")
+    export_artifact(PED2_CHECKPOINT, out, "fp32")
+    return out
+
+
+def test_a_ped2_clip_is_scored_once_per_frame_in_order_and_alerts_on_the_anomaly(
+    ped2_artifact: Path,
+    kafka_bootstrap: str,
+    kafka_settings: KafkaSettings,
+    service_topics: TopicsFactory,
+    read_records: RecordReader,
+) -> None:
+    clip = "01"
+    labels = json.loads((PED2 / "labels.json").read_text())[clip]
+    anomalous = [i for i, label in enumerate(labels) if label]
+    topics = service_topics(2)
+    cfg = service_config(kafka_bootstrap, topics, ped2_artifact, **{"batching.max_batch": 8})
+    with ServiceThread(cfg) as running:
+        running.start()
+        # 100 fps: capture times 10 ms apart, so alert timestamps map back to frames unambiguously.
+        report = _replay(kafka_settings, topics.frames, PED2, [clip], fps=100, prefix="ped2")
+        records = read_records(topics.scores, len(labels), timeout_s=120)
+        running.stop()  # drains: an alert still open at the clip's end gets its `end` event
+    assert len(report.sent) == len(labels) == 180
+    scores = decode_scores(records)
+    assert [s.frame_index for s in scores] == list(range(len(labels)))
+    assert {s.camera_id for s in scores} == {"ped2-1"}
+    assert len(read_records(topics.scores, len(labels) + 1, timeout_s=1)) == len(labels), (
+        "a frame scored twice"
+    )
+
+    frame_of = {s.capture_ts: s.frame_index for s in scores}
+    alerts = [decode(r.value) for r in read_records(topics.alerts, 2, timeout_s=5)]
+    alerts += [decode(r.value) for r in read_records(topics.alerts, 1000, timeout_s=1)[len(alerts) :]]
+    assert all(isinstance(a, AlertMessage) for a in alerts)
+    starts = [a for a in alerts if isinstance(a, AlertMessage) and a.type == "start"]
+    ends = {a.alert_id: a for a in alerts if isinstance(a, AlertMessage) and a.type == "end"}
+    assert starts, "no alert on a clip that is two-thirds anomalous"
+    for start in starts:
+        end = ends[start.alert_id]  # every alert is closed, at the latest by the drain
+        assert end.end_ts is not None
+        first, last = frame_of[start.start_ts], frame_of.get(end.end_ts, len(labels) - 1)
+        assert first <= anomalous[-1] and last >= anomalous[0], (
+            f"alert {first}..{last} misses {anomalous[0]}.."
+        )
+        peak = end.peak
+        assert labels[peak.frame_index] == 1
+        mask = cv2.imread(str(PED2 / "masks" / clip / f"{peak.frame_index:03d}.png"), cv2.IMREAD_GRAYSCALE)
+        assert peak.regions and any(_box_hits_mask(r.bbox, mask) for r in peak.regions)
+
+    # Boxes are in source pixels and mostly on the labelled anomaly.
+    boxed = [s for s in scores if s.anomalous and s.regions and labels[s.frame_index]]
+    hits = 0
+    for s in boxed:
+        mask = cv2.imread(str(PED2 / "masks" / clip / f"{s.frame_index:03d}.png"), cv2.IMREAD_GRAYSCALE)
+        assert all(r.bbox[2] < mask.shape[1] and r.bbox[3] < mask.shape[0] for r in s.regions)
+        hits += any(_box_hits_mask(r.bbox, mask) for r in s.regions)
+    assert boxed and hits / len(boxed) >= 0.5, f"{hits} of {len(boxed)} anomalous frames boxed on the mask"
+
+
+def test_bad_records_go_to_the_dead_letter_topic_and_scoring_goes_on(
+    tiny_artifact: Path,
+    ped2_like: Path,
+    kafka_bootstrap: str,
+    kafka_settings: KafkaSettings,
+    service_topics: TopicsFactory,
+    read_records: RecordReader,
+) -> None:
+    topics = service_topics(1)
+    cfg = service_config(kafka_bootstrap, topics, tiny_artifact, **{"intake.max_frame_bytes": 8192})
+    good = [p.read_bytes() for p in sorted((ped2_like / "test" / "01").glob("*.jpg"))[:12]]
+    assert max(len(g) for g in good) < 8192
+    jpeg, ts = "image/jpeg", 1_700_000_000_000_000_000
+    bad: list[tuple[bytes, bytes, list[tuple[str, bytes]], str]] = [
+        (b"cam", good[0][:40] + b"\x00" * 400, frame_headers(jpeg, 100, ts), "undecodable"),
+        (b"cam", b"", frame_headers(jpeg, 101, ts), "empty"),
+        (b"cam", good[0] + b"\x00" * 9000, frame_headers(jpeg, 102, ts), "oversized"),
+        (b"cam", good[0], frame_headers("image/gif", 103, ts), "bad-content-type"),
+        (b"bad key!", good[0], frame_headers(jpeg, 104, ts), "bad-key"),
+    ]
+    with ServiceThread(cfg) as running:
+        running.start().wait_assigned()
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        try:
+            publisher = FramePublisher(producer, topics.frames)
+            for i in range(6):
+                publisher.send("cam", good[i], jpeg, i, ts + i)
+            for key, value, headers, _ in bad:
+                producer.send(topics.frames, key=key, value=value, headers=headers)
+            for i in range(6, 12):
+                publisher.send("cam", good[i], jpeg, i, ts + i)
+            publisher.flush()
+        finally:
+            producer.close()
+        scores = decode_scores(read_records(topics.scores, 12))
+        letters = read_records(topics.dead_letters, len(bad))
+        status, text = _get(f"{running.url}/metrics")
+    assert [s.frame_index for s in scores] == list(range(12)), "frames after the bad ones were not scored"
+    assert len(letters) == len(bad)
+    # Parse errors are dead-lettered before decode errors of the same cycle: match letters by reason.
+    by_reason = {dict(letter.headers)[HEADER_ERROR].decode(): letter for letter in letters}
+    assert set(by_reason) == {reason for *_, reason in bad}
+    for key, value, _, reason in bad:
+        letter = by_reason[reason]
+        assert (letter.key, letter.value) == (key, value)
+        source = dict(letter.headers)[HEADER_SOURCE].decode()
+        assert source.startswith(f"{topics.frames}/0/") and 6 <= _offset(source) < 11
+    assert status == 200
+    counted = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "anomon_dead_letters"
+        for sample in family.samples
+        if sample.name == "anomon_dead_letters_total"
+    }
+    assert counted == {reason: 1.0 for *_, reason in bad}
+    assert running.service.stats.dead_letters == len(bad) and running.service.stats.processed == 12
+
+
+def test_two_instances_in_one_group_split_the_cameras(
+    tiny_artifact: Path,
+    ped2_like: Path,
+    kafka_bootstrap: str,
+    kafka_settings: KafkaSettings,
+    service_topics: TopicsFactory,
+    read_records: RecordReader,
+) -> None:
+    partitions = 4
+    topics = service_topics(partitions)
+    # Camera ids whose keys land on every partition under the producers' default (murmur2) partitioner.
+    by_partition: dict[int, str] = {}
+    for n in range(1, 100):
+        by_partition.setdefault((murmur2(f"cam-{n}".encode()) & 0x7FFFFFFF) % partitions, f"cam-{n}")
+    cameras = [by_partition[p] for p in range(partitions)]
+    cfg = service_config(kafka_bootstrap, topics, tiny_artifact)
+    with ServiceThread(cfg) as first, ServiceThread(cfg) as second:
+        first.start()
+        second.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            a, b = first.service.assigned, second.service.assigned
+            if a and b and not a & b and len(a | b) == partitions:
+                break
+            time.sleep(0.05)
+        assert first.service.assigned and second.service.assigned, "the group did not split the partitions"
+        producer = make_producer(kafka_settings)
+        try:
+            publisher = FramePublisher(producer, topics.frames)
+            frames = [p.read_bytes() for p in sorted((ped2_like / "test" / "01").glob("*.jpg"))]
+            for i, frame in enumerate(frames):
+                for camera in cameras:
+                    publisher.send(camera, frame, "image/jpeg", i, time.time_ns())
+            publisher.flush()
+        finally:
+            producer.close()
+        scores = decode_scores(read_records(topics.scores, len(frames) * len(cameras)))
+    for camera in cameras:
+        assert [s.frame_index for s in scores if s.camera_id == camera] == list(range(len(frames)))
+    done_first, done_second = first.service.stats, second.service.stats
+    assert done_first.processed > 0 and done_second.processed > 0, "one instance published nothing"
+    assert done_first.processed + done_second.processed == len(frames) * len(cameras)
+    assert not done_first.partitions & done_second.partitions
+    assert done_first.partitions | done_second.partitions == set(range(partitions))
+
+
+def test_health_and_readiness_follow_the_service(
+    tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory
+) -> None:
+    cfg = service_config(kafka_bootstrap, service_topics(1), tiny_artifact)
+    with ServiceThread(cfg) as running:
+        assert _get(f"{running.url}/healthz")[0] == 200
+        assert _get(f"{running.url}/readyz")[0] == 503  # not connected, nothing assigned
+        running.start().wait_assigned()
+        assert _get(f"{running.url}/readyz") == (200, '{"status": "ready"}')
+        status, text = _get(f"{running.url}/metrics")
+        assert status == 200 and 'anomon_model_info{backend="onnxruntime"' in text
+        running.stop()
+        assert _get(f"{running.url}/readyz")[0] == 503
+        assert _get(f"{running.url}/healthz")[0] == 200
+        assert _get(f"{running.url}/nope")[0] == 404
