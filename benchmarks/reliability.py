@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from monitor.broker import EmbeddedBroker, free_port  # noqa: E402
-from monitor.frames import parse_record  # noqa: E402
 from monitor.ingest import FramePublisher  # noqa: E402
 from monitor.kafka_client import KafkaSettings, create_topics, make_producer  # noqa: E402
 
@@ -273,8 +272,13 @@ def run_phase(
     publisher = FramePublisher(make_producer(settings), topic)
     if preload:
         for i in range(preload):
-            publisher.send(f"cam-{i % CAMERAS + 1}", payloads[(i // CAMERAS) % len(payloads)], "image/jpeg",
-                           i // CAMERAS, time.time_ns())
+            publisher.send(
+                f"cam-{i % CAMERAS + 1}",
+                payloads[(i // CAMERAS) % len(payloads)],
+                "image/jpeg",
+                i // CAMERAS,
+                time.time_ns(),
+            )
         publisher.flush()
     service = Service(workdir, bootstrap, topic, mode, artifact)
     service.wait_ready()
@@ -286,8 +290,10 @@ def run_phase(
     sent = preload
 
     def accounted(m: dict[str, Any]) -> float:
-        return total(m, "anomon_frames_processed_total") + total(m, "anomon_frames_dropped_total") + total(
-            m, "anomon_dead_letters_total"
+        return (
+            total(m, "anomon_frames_processed_total")
+            + total(m, "anomon_frames_dropped_total")
+            + total(m, "anomon_dead_letters_total")
         )
 
     first_processed: float | None = None
@@ -356,15 +362,19 @@ def run_phase(
 
 def render_markdown(data: dict[str, Any]) -> str:
     lines = ["# Reliability on this CPU", "", f"`{data.get('command', '')}`", ""]
-    lines += ["| phase | mode | rate fps | seconds | sent | scored | dup | DLQ | dropped | lost | e2e p50 ms |"
-              " e2e p99 ms | RSS growth % | max lag |", "|" + "---|" * 14]
+    lines += [
+        "| phase | mode | rate fps | seconds | sent | scored | dup | DLQ | dropped | lost | e2e p50 ms |"
+        " e2e p99 ms | RSS growth % | max lag |",
+        "|" + "---|" * 14,
+    ]
     for name in ("capacity", "overload", "soak"):
         p = data.get("phases", {}).get(name)
         if not p:
             continue
         a = p["accounting"]
         lines.append(
-            f"| {name} | {p['mode']} | {p['rate_fps']} | {p['seconds']} | {a['sent']} | {a['scored_unique']} | "
+            f"| {name} | {p['mode']} | {p['rate_fps']} | {p['seconds']} | {a['sent']} | "
+            f"{a['scored_unique']} | "
             f"{a['scored_duplicates']} | {a['dead_lettered']} | {a['dropped']} | {a['lost']} | "
             f"{p['end_to_end_ms'].get('p50', '')} | {p['end_to_end_ms'].get('p99', '')} | "
             f"{p['rss_mb'].get('growth_pct', '')} | {p['lag_max_after_warmup']} |"
@@ -376,7 +386,9 @@ def render_markdown(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--phase", nargs="+", choices=("capacity", "overload", "soak"), default=["capacity"])
     parser.add_argument("--capacity-fps", type=float, help="skip measuring: use this capacity")
     parser.add_argument("--overload-seconds", type=float, default=60)
@@ -393,8 +405,19 @@ def main() -> None:
     artifact = args.workdir / "export"
     if not (artifact / "model.onnx").exists():
         subprocess.run(
-            [sys.executable, "-m", "monitor.cli", "export", "--checkpoint", str(CHECKPOINT), "--out", str(artifact)],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True,
+            [
+                sys.executable,
+                "-m",
+                "monitor.cli",
+                "export",
+                "--checkpoint",
+                str(CHECKPOINT),
+                "--out",
+                str(artifact),
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            check=True,
         )
     capacity = args.capacity_fps or data.get("capacity_fps")
 
@@ -404,7 +427,9 @@ def main() -> None:
 
     with EmbeddedBroker(log_path=args.workdir / "tansu.log") as broker:
         if "capacity" in args.phase:
-            result = run_phase("capacity", broker.bootstrap, args.workdir, artifact, "replay", 0, 0, preload=1000)
+            result = run_phase(
+                "capacity", broker.bootstrap, args.workdir, artifact, "replay", 0, 0, preload=1000
+            )
             capacity = result.processed_fps
             data["capacity_fps"] = capacity
             data["phases"]["capacity"] = asdict(result)
@@ -414,20 +439,35 @@ def main() -> None:
             raise SystemExit("no capacity measured yet: run --phase capacity first or pass --capacity-fps")
         if "overload" in args.phase:
             result = run_phase(
-                "overload", broker.bootstrap, args.workdir, artifact, "live", round(2 * capacity, 1),
-                args.overload_seconds, warmup_s=10,
+                "overload",
+                broker.bootstrap,
+                args.workdir,
+                artifact,
+                "live",
+                round(2 * capacity, 1),
+                args.overload_seconds,
+                warmup_s=10,
             )
             data["phases"]["overload"] = asdict(result)
             save()
             print(f"overload: {result.accounting} e2e {result.end_to_end_ms}", flush=True)
         if "soak" in args.phase:
             result = run_phase(
-                "soak", broker.bootstrap, args.workdir, artifact, "live", round(0.8 * capacity, 1),
-                args.soak_minutes * 60, warmup_s=120, every_s=10,
+                "soak",
+                broker.bootstrap,
+                args.workdir,
+                artifact,
+                "live",
+                round(0.8 * capacity, 1),
+                args.soak_minutes * 60,
+                warmup_s=120,
+                every_s=10,
             )
             data["phases"]["soak"] = asdict(result)
             save()
-            print(f"soak: {result.accounting} rss {result.rss_mb} lag {result.lag_max_after_warmup}", flush=True)
+            print(
+                f"soak: {result.accounting} rss {result.rss_mb} lag {result.lag_max_after_warmup}", flush=True
+            )
 
 
 if __name__ == "__main__":
