@@ -10,8 +10,10 @@ import contextlib
 import json
 import math
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -343,3 +345,56 @@ def test_rebalance_under_load_loses_nothing_and_bounds_duplicates(
     assert first.service.stats.processed < sent and b.processed > 0, "both instances scored frames"
     # Redone after the move: at most one uncommitted micro-batch per instance.
     assert sum(scores.values()) - len(scores) <= 2 * cfg.batching.max_batch
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """The first bytes of a PNG that claims width x height (an 8-bit grey image): a decompression bomb."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_bad_records_through_the_service_are_dead_lettered_with_their_reason(
+    tiny_runtime: Runtime, kafka_settings: KafkaSettings, new_topic: TopicFactory
+) -> None:
+    frames = new_topic(partitions=1)
+    cfg = _service_config(kafka_settings.bootstrap_servers, frames)
+    _output_topics(kafka_settings, cfg)
+    good = encode_jpeg(np.full((48, 64), 100, np.uint8))
+    jpeg = [("content-type", b"image/jpeg"), ("anomon-schema", b"1")]
+    bad = {
+        "bad-key": (b"\xff\xfecam", good, [*jpeg, ("frame-index", b"1")]),
+        "unknown-schema": (b"cam-1", good, [("content-type", b"image/jpeg"), ("anomon-schema", b"2")]),
+        "bad-header": (b"cam-1", good, [*jpeg, ("frame-index", b"one")]),
+        "bad-content-type": (b"cam-1", b"GIF89a not ours", []),
+        "too-many-pixels": (
+            b"cam-1",
+            _png_header(100_000, 100_000) + bytes(64),
+            [("content-type", b"image/png")],
+        ),
+        "undecodable": (b"cam-1", good[:40], jpeg),
+        "empty": (b"cam-1", b"", jpeg),
+    }
+    producer = make_producer(kafka_settings)
+    try:
+        for key, value, headers in bad.values():
+            producer.send(frames, key=key, value=value, headers=headers)
+        producer.flush()
+    finally:
+        producer.close()
+    _produce(kafka_settings, frames, ["cam-2"], 3)  # good frames after the bad ones still get scored
+    running = _Running(MonitorService(cfg, tiny_runtime))
+    _wait(
+        lambda: running.service.stats.dead_letters >= len(bad) and running.service.stats.processed >= 3,
+        60,
+        "all",
+    )
+    running.stop()
+    letters = _read_all(kafka_settings.bootstrap_servers, cfg.topics.dead_letters)
+    reasons = sorted(dict(r.headers)["anomon-error"].decode() for r in letters)
+    assert reasons == sorted(bad)
+    for letter in letters:  # the record as it came, plus where it came from
+        reason = dict(letter.headers)["anomon-error"].decode()
+        assert (letter.key, letter.value) == bad[reason][:2]
+        assert dict(letter.headers)["anomon-source"].decode().startswith(f"{frames}/0/")
+    assert len(_scores(kafka_settings.bootstrap_servers, cfg)) == 3
