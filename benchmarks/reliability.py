@@ -438,6 +438,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{p['end_to_end_ms'].get('p50', '')} | {p['end_to_end_ms'].get('p99', '')} | "
             f"{p['rss_mb'].get('growth_pct', '')} | {p['lag_max_after_warmup']} |"
         )
+    lines += [f"\n{note}" for note in data.get("notes", [])]
     lines += ["", "| tried | what | result |", "|---|---|---|"]
     lines += [f"| {r['kind']} | {r['what']} | {r['result']} |" for r in data.get("tried", TRIED)]
     return "\n".join(lines) + "\n"
