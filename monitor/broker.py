@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class EmbeddedBroker:
         log_path: file that receives the broker's output (default: a new temporary file).
         binary: the tansu executable (default: `resolve_broker_binary()`).
         startup_timeout_s: how long to wait for the broker to answer a metadata request.
+        advertised_port: the port clients are told to connect to (default: `port`); set it when
+            something in front of the broker (a TLS terminator, a proxy) listens on another port.
     """
 
     def __init__(
@@ -77,8 +79,10 @@ class EmbeddedBroker:
         log_path: str | Path | None = None,
         binary: str | Path | None = None,
         startup_timeout_s: float = 20.0,
+        advertised_port: int | None = None,
     ) -> None:
         self._requested_port = port
+        self.advertised_port = advertised_port
         self.port = port or 0
         self.log_path = Path(log_path) if log_path else None
         self._binary = Path(binary) if binary else None
@@ -147,7 +151,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{_HOST}:{self.advertised_port or self.port}",
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -173,23 +177,43 @@ class EmbeddedBroker:
                     f"the Tansu broker did not answer on {_HOST}:{self.port} within "
                     f"{self.startup_timeout_s:.0f} s; see {self.log_path}"
                 )
-            try:
-                admin = KafkaAdminClient(
-                    bootstrap_servers=f"{_HOST}:{self.port}",
-                    client_id="anomon-broker-probe",
-                    bootstrap_timeout_ms=min(remaining_ms, 1000),
-                    request_timeout_ms=max(min(remaining_ms, 5000), 1000),
-                )
-            except KafkaError:
-                time.sleep(0.05)
-                continue
-            try:
-                admin.list_topics()  # one metadata round trip
+            if self._answers(remaining_ms):
                 return
+            time.sleep(0.05)
+
+    def _answers(self, remaining_ms: int) -> bool:
+        """One metadata round trip with the broker's own listener."""
+        address = f"{_HOST}:{self.port}"
+        if self.advertised_port not in (None, self.port):
+            # Clients are sent to another port (a TLS terminator) that a plain probe cannot use:
+            # bootstrapping talks to the listener alone.
+            try:
+                consumer = KafkaConsumer(bootstrap_servers=address, client_id="anomon-broker-probe")
             except KafkaError:
-                time.sleep(0.05)
+                return False
+            try:
+                consumer.bootstrap(timeout_ms=max(min(remaining_ms, 5000), 1000))
+                return True
+            except KafkaError:
+                return False
             finally:
-                admin.close()
+                consumer.close()
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=address,
+                client_id="anomon-broker-probe",
+                bootstrap_timeout_ms=min(remaining_ms, 1000),
+                request_timeout_ms=max(min(remaining_ms, 5000), 1000),
+            )
+        except KafkaError:
+            return False
+        try:
+            admin.list_topics()
+            return True
+        except KafkaError:
+            return False
+        finally:
+            admin.close()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the broker (SIGTERM, then SIGKILL after `timeout_s`); safe to call twice.

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200  # how long an idle poll waits, so a stop request is seen promptly
 RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seconds
+BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
+BROKER_CHECK_TIMEOUT_MS = 5000
 
 
 @dataclass
@@ -128,6 +130,8 @@ class MonitorService:
         self._pending: list[Any] = []  # send futures of this cycle
         self._end_to_end: list[float] = []  # capture times of this cycle's scores, observed once flushed
         self._pool = ThreadPoolExecutor(cfg.intake.decode_workers, thread_name_prefix="anomon-decode")
+        self._checked = 0.0  # time.monotonic() of the last broker check
+        self._rewind_owed = False  # a Kafka error left uncommitted frames behind: seek back first
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class MonitorService:
                     log.warning("Kafka error (%s); retrying in %.1f s", err, backoff)
                     self.stop_requested.wait(backoff)
                     backoff = min(RETRY_BACKOFF[1], backoff * 2)
-                    self._rewind()
+                    self._rewind_owed = True
                     continue
                 self.healthy = True
                 # Idle time counts only while partitions are assigned: a slow group join is not idleness.
@@ -179,19 +183,22 @@ class MonitorService:
         return self.stats
 
     def _rewind(self) -> None:
-        """Seek every assigned partition back to its committed offset (frames after it are redone)."""
+        """Seek every assigned partition back to its committed offset (frames after it are redone).
+
+        Raises:
+            KafkaError: the committed offsets cannot be read yet; no cycle may run until they are,
+                or frames still buffered after the failed ones would be committed past them.
+        """
         assert self._consumer is not None
         self._pending.clear()
         self._end_to_end.clear()
-        try:
-            for tp in self.assigned:
-                committed = self._consumer.committed(tp)
-                if committed is None:
-                    self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, committed)
-        except KafkaError as err:
-            log.warning("cannot rewind yet (%s); will retry", err)
+        for tp in self.assigned:
+            committed = self._consumer.committed(tp, timeout_ms=BROKER_CHECK_TIMEOUT_MS)
+            if committed is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+        self._rewind_owed = False
 
     def shutdown(self) -> None:
         """Drain: end open alerts, publish, flush, commit, leave the group."""
@@ -231,8 +238,11 @@ class MonitorService:
 
     def cycle(self) -> bool:
         """Poll, decode, score, publish, flush, commit one micro-batch; False when nothing came."""
+        if self._rewind_owed:
+            self._rewind()
         records = self._poll_batch()
         if not records:
+            self._check_brokers()
             return False
         started = time.perf_counter()
         self.stats.cycles += 1
@@ -261,6 +271,21 @@ class MonitorService:
             if deadline is None or time.monotonic() >= deadline:
                 break
         return got
+
+    def _check_brokers(self) -> None:
+        """Raise KafkaError if the brokers are gone: an empty poll cannot tell a quiet stream from a cut link.
+
+        Checked every BROKER_CHECK_SECONDS while idle, and on every idle cycle while recovering, so
+        readiness comes back only once the brokers answer.
+        """
+        assert self._consumer is not None
+        now = time.monotonic()
+        if not self.assigned or (self.healthy and now - self._checked < BROKER_CHECK_SECONDS):
+            return
+        self._checked = now
+        ends = self._consumer.end_offsets(list(self.assigned), timeout_ms=BROKER_CHECK_TIMEOUT_MS)
+        for tp, end in ends.items():
+            self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, end - self._consumer.position(tp)))
 
     def _intake(self, records: list[Any]) -> list[Frame]:
         """Parse (bad records to the DLQ), drop stale frames in live mode, decode in the pool."""
@@ -441,7 +466,8 @@ class MonitorService:
     def _flush(self) -> None:
         """Wait until every output of this cycle is acknowledged; raise if one was not."""
         assert self._producer is not None
-        self._producer.flush()
+        # Bounded: with the brokers gone, an unbounded flush would hang the service (and /readyz) for minutes.
+        self._producer.flush(timeout=self.cfg.kafka.request_timeout_ms / 1e3)
         failed = [f for f in self._pending if f.failed()]
         self._pending.clear()
         if failed:
