@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from model.anomem.model import AnoMem
 from model.config import ExperimentConfig
 from model.data import Clip, DataError, load_clips, with_motion
 from model.metrics import auroc, causal_smooth, frame_aurocs
@@ -35,7 +35,7 @@ def _maps_to(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate_clips(
-    model: AnoMem, cfg: ExperimentConfig, clips: list[Clip], smoothing_frames: int, batch_size: int = 32
+    model: nn.Module, cfg: ExperimentConfig, clips: list[Clip], smoothing_frames: int, batch_size: int = 32
 ) -> dict[str, float | int | str]:
     """Frame- and pixel-level AUROCs and scoring speed on labelled clips.
 
@@ -77,7 +77,7 @@ def evaluate_clips(
 
 
 def evaluate_path(
-    model: AnoMem, cfg: ExperimentConfig, data: str | Path, smoothing_frames: int, batch_size: int = 32
+    model: nn.Module, cfg: ExperimentConfig, data: str | Path, smoothing_frames: int, batch_size: int = 32
 ) -> dict[str, float | int | str]:
     """Evaluate on a Ped2 root (its test split) or any folder of labelled clips."""
     return evaluate_clips(model, cfg, load_clips(data, cfg.input, split="test"), smoothing_frames, batch_size)
