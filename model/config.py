@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -87,6 +97,99 @@ class AnoMemConfig(_Strict):
         return self
 
 
+class DAADConfig(_Strict):
+    """The DAAD network: an autoencoder whose decoder sees only block-wise memory read-outs.
+
+    The encoder has one stride-2 stage per entry of `widths`; the skip connections of the stages in
+    `memory_stages` (1 = stride 2, ..., len(widths) = the bottleneck) pass through a block memory.
+    Every memory divides its map into blocks covering `block_size` x `block_size` input pixels (one
+    feature cell where a cell is larger), the granularity knob of the paper.
+    """
+
+    name: Literal["daad"] = "daad"
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128)
+    memory_stages: tuple[int, ...] = (2, 3, 4, 5)
+    block_size: int = Field(32, ge=1, description="block footprint in input pixels, a power of two")
+    slots: int = Field(256, ge=2, description="memory items per memory stage")
+    beta: float = Field(10.0, gt=0, description="inverse temperature of the cosine addressing")
+    shrink: float = Field(2.0, ge=0, description="hard-shrinkage threshold in units of 1/slots")
+    motion_features: Literal["diff", "flow"] = "flow"
+    speed_scale: float = Field(
+        4.0, gt=0, description="flow: normal-flow speed (input pixels per frame) read as motion 1.0"
+    )
+    motion_weight: float = Field(8.0, ge=0, description="weight of the motion channel's squared error")
+    discriminator_widths: tuple[int, ...] = (16, 32, 64, 128)
+    latent_weight: float = Field(
+        1.0, ge=0, description="weight of the discriminator-latent distance in the score (0: off)"
+    )
+    latent_topk: int | None = Field(
+        4,
+        ge=1,
+        description="latent distance: mean of the k largest per-cell distances of the discriminator's "
+        "penultimate maps (None: distance of the spatially pooled features)",
+    )
+    map_stride: int = Field(8, ge=1, description="anomaly map cell size in input pixels")
+    topk: int = Field(16, ge=1, description="the reconstruction score is the mean of the k worst cells")
+    map_sigma: float = Field(1.0, ge=0)
+    per_position_stats: bool = Field(
+        False, description="standardize error cells per position (else with one mean and std)"
+    )
+    std_shrinkage: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("widths", "discriminator_widths")
+    @classmethod
+    def _check_widths(cls, widths: tuple[int, ...]) -> tuple[int, ...]:
+        if not 2 <= len(widths) <= 6 or any(w < 4 for w in widths):
+            raise ValueError("must list 2 to 6 channel counts of at least 4, e.g. [16, 32, 64, 128]")
+        return widths
+
+    @field_validator("block_size", "map_stride")
+    @classmethod
+    def _check_power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("must be a power of two, e.g. 32")
+        return value
+
+    @field_validator("memory_stages")
+    @classmethod
+    def _check_stages(cls, stages: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        deepest = len(info.data.get("widths", ()))
+        if len(set(stages)) != len(stages) or any(not 1 <= s <= deepest for s in stages):
+            raise ValueError(f"must be distinct stages among 1..{deepest} (one per entry of widths)")
+        if deepest not in stages:
+            raise ValueError(f"must include the bottleneck stage {deepest}: the decoder sees only memory")
+        return stages
+
+
+def _model_name(value: Any) -> str:
+    """The model config's tag; a config without `name` is AnoMem (configs written before DAAD)."""
+    if isinstance(value, dict):
+        return str(value.get("name", "anomem"))
+    return str(getattr(value, "name", "anomem"))
+
+
+ModelConfig = Annotated[
+    Annotated[AnoMemConfig, Tag("anomem")] | Annotated[DAADConfig, Tag("daad")],
+    Discriminator(
+        _model_name,
+        custom_error_type="model_name",
+        custom_error_message="Input should be 'anomem' or 'daad'",
+    ),
+]
+MODEL_NAMES = ("anomem", "daad")
+
+
+class DAADTrainConfig(_Strict):
+    """DAAD's adversarial training: loss weights and the discriminator's optimizer."""
+
+    w_entropy: float = Field(0.0002, ge=0, description="memory addressing entropy (MemAE)")
+    w_adversarial: float = Field(0.001, ge=0, description="non-saturating GAN loss of the autoencoder")
+    w_feature_matching: float = Field(
+        0.01, ge=0, description="discriminator penultimate-feature matching, per sample"
+    )
+    discriminator_lr: float = Field(2e-4, gt=0)
+
+
 class TrainConfig(_Strict):
     """Stage 1 (representation + memory) and stage 2 (statistics, detector) training settings."""
 
@@ -112,19 +215,26 @@ class TrainConfig(_Strict):
     false_alarm_rate: float = Field(0.01, gt=0, lt=1)
     smoothing_frames: int = Field(8, ge=1)
     num_threads: int | None = None
+    daad: DAADTrainConfig = DAADTrainConfig()
 
 
 class ExperimentConfig(_Strict):
     """Everything `anomon train` needs besides the data path."""
 
     input: InputSpec = InputSpec()
-    model: AnoMemConfig = AnoMemConfig()
+    model: ModelConfig = AnoMemConfig()
     train: TrainConfig = TrainConfig()
 
 
 def _error_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = list(first["loc"])
+    # The model section is a tagged union: pydantic puts the tag in the path (model.daad.slots).
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in MODEL_NAMES:
+        del loc[1]
+    if first["type"] == "model_name":
+        loc = ["model", "name"]
+    field = ".".join(str(p) for p in loc) or "(top level)"
     return f"{source}: field '{field}': {first['msg']}"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from model.config import ExperimentConfig
@@ -35,9 +36,9 @@ def _maps_to(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _score(
-    scorer: torch.nn.Module | Runtime, inputs: np.ndarray, batch_size: int, desc: str
+    scorer: nn.Module | Runtime, inputs: np.ndarray, batch_size: int, desc: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(scorer, torch.nn.Module):
+    if isinstance(scorer, nn.Module):
         return score_inputs(scorer, inputs, batch_size=batch_size, desc=desc)
     scores, maps = [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc=desc, unit="batch", leave=False):
@@ -48,7 +49,7 @@ def _score(
 
 
 def evaluate_clips(
-    scorer: torch.nn.Module | Runtime,
+    scorer: nn.Module | Runtime,
     cfg: ExperimentConfig,
     clips: list[Clip],
     smoothing_frames: int,
@@ -97,7 +98,7 @@ def evaluate_clips(
 
 
 def evaluate_path(
-    scorer: torch.nn.Module | Runtime,
+    scorer: nn.Module | Runtime,
     cfg: ExperimentConfig,
     data: str | Path,
     smoothing_frames: int,

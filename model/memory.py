@@ -22,6 +22,14 @@ def cosine_addressing(queries: torch.Tensor, slots: torch.Tensor, beta: float) -
     return logits.softmax(dim=-1)
 
 
+def sample_rows(rows: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n rows of [M, D] drawn without replacement (repeated when M < n): seeds for memory slots."""
+    pick = torch.randperm(rows.shape[0], generator=generator)[:n]
+    if len(pick) < n:
+        pick = pick.repeat(n // len(pick) + 1)[:n]
+    return rows[pick.to(rows.device)]
+
+
 class HopfieldMemory(nn.Module):
     """One-step modern Hopfield read at every spatial position of a feature map.
 
@@ -53,7 +61,74 @@ class HopfieldMemory(nn.Module):
     def initialize_slots(self, features: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """Set the slots to queries of randomly chosen positions of `features` ([B, C, H, W])."""
         q = self.query(features).flatten(2).transpose(1, 2).reshape(-1, self.slots.shape[1])
-        pick = torch.randperm(q.shape[0], generator=generator)[: self.slots.shape[0]]
-        if len(pick) < self.slots.shape[0]:
-            pick = pick.repeat(self.slots.shape[0] // len(pick) + 1)[: self.slots.shape[0]]
-        self.slots.copy_(q[pick])
+        self.slots.copy_(sample_rows(q, self.slots.shape[0], generator))
+
+
+def hard_shrink(weights: torch.Tensor, threshold: float, eps: float = 1e-12) -> torch.Tensor:
+    """MemAE's hard shrinkage of addressing weights, renormalized to sum to 1.
+
+    w' = relu(w - t) * w / (|w - t| + eps): weights under the threshold drop to 0, the others keep
+    (almost) their value with a gradient, so an item is read from a few memory slots only.
+
+    Args:
+        weights: [..., N] addressing weights summing to 1.
+        threshold: t, typically 1/N to 3/N.
+
+    Returns:
+        [..., N] sparse weights summing to 1 (all 0 in the rare case that none reaches t).
+    """
+    if threshold <= 0:
+        return weights
+    shifted = weights - threshold
+    shrunk = F.relu(shifted) * weights / (shifted.abs() + eps)
+    return shrunk / shrunk.sum(dim=-1, keepdim=True).clamp(min=eps)
+
+
+def divide_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """Divide a map into non-overlapping block x block blocks: [B, C, H, W] -> [B, H/b * W/b, C*b*b].
+
+    Reshape and permute only (no F.unfold), so the graph exports to ONNX with a dynamic batch.
+    """
+    _, c, h, w = x.shape
+    blocks = x.reshape(-1, c, h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5)
+    return blocks.reshape(-1, (h // block) * (w // block), c * block * block)
+
+
+def assemble_blocks(blocks: torch.Tensor, channels: int, height: int, width: int, block: int) -> torch.Tensor:
+    """Inverse of `divide_blocks`: [B, H/b * W/b, C*b*b] -> [B, C, H, W]."""
+    x = blocks.reshape(-1, height // block, width // block, channels, block, block).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, channels, height, width)
+
+
+class BlockMemory(nn.Module):
+    """Block-wise memory (DAAD): every block of a feature map is rebuilt from memorized normal blocks.
+
+    The map is divided into b x b blocks; each block addresses N memory items by cosine softmax with
+    hard shrinkage, and its read-out (the weighted sum of items) takes its place in the assembled map.
+    """
+
+    def __init__(self, channels: int, block: int, slots: int, beta: float, shrink: float) -> None:
+        super().__init__()
+        self.channels = channels
+        self.block = block
+        self.beta = beta
+        self.threshold = shrink / slots
+        dim = channels * block * block
+        self.slots = nn.Parameter(torch.randn(slots, dim) / dim**0.5)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rebuild a map [B, C, H, W] (H, W multiples of the block) from memory.
+
+        Returns:
+            The assembled read-out [B, C, H, W] and the addressing weights [B, blocks, N].
+        """
+        _, c, h, w = features.shape
+        queries = divide_blocks(features, self.block)
+        weights = hard_shrink(cosine_addressing(queries, self.slots, self.beta), self.threshold)
+        return assemble_blocks(weights @ self.slots, c, h, w, self.block), weights
+
+    @torch.no_grad()
+    def initialize_slots(self, features: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set the items to randomly chosen blocks of `features` ([B, C, H, W])."""
+        blocks = divide_blocks(features, self.block).reshape(-1, self.slots.shape[1])
+        self.slots.copy_(sample_rows(blocks, self.slots.shape[0], generator))

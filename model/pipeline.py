@@ -6,8 +6,10 @@ import datetime as dt
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,25 +19,33 @@ from model.anomem import train as anomem_train
 from model.anomem.model import AnoMem
 from model.calibration import Calibration, calibrate
 from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from model.config import ExperimentConfig
+from model.config import AnoMemConfig, ExperimentConfig
+from model.daad import train as daad_train
+from model.daad.model import DAAD
 from model.data import Clip, load_clips, with_motion
 
-
-def build_model(cfg: ExperimentConfig, load_pretrained: bool = True) -> AnoMem:
-    """The network a config describes (pretrained encoder weights loaded unless told not to)."""
-    return AnoMem(cfg.model, cfg.input, load_pretrained=load_pretrained)
+AnomalyModel = AnoMem | DAAD
 
 
-def load_model(path: str | Path, score: str | None = None) -> tuple[AnoMem, CheckpointMeta]:
+def build_model(cfg: ExperimentConfig, load_pretrained: bool = True) -> AnomalyModel:
+    """The network a config describes, chosen by `model.name` (pretrained weights unless told not to)."""
+    if isinstance(cfg.model, AnoMemConfig):
+        return AnoMem(cfg.model, cfg.input, load_pretrained=load_pretrained)
+    return DAAD(cfg.model, cfg.input)
+
+
+def load_model(path: str | Path, score: str | None = None) -> tuple[AnomalyModel, CheckpointMeta]:
     """Rebuild a model from a checkpoint, in eval mode.
 
     Args:
         path: checkpoint file.
         score: serve another stage-2 score than the trained config's ("oneclass" or "svdd": both
-            come from the same weights); the returned metadata carries the changed config.
+            come from the same weights; AnoMem only); the returned metadata carries the changed config.
     """
     tensors, meta = load_checkpoint(path)
     if score is not None:
+        if not isinstance(meta.config.model, AnoMemConfig):
+            raise ValueError(f"{path}: another score can only be chosen for AnoMem, not {meta.name}")
         model_cfg = meta.config.model.model_copy(update={"score": score})
         meta = meta.model_copy(update={"config": meta.config.model_copy(update={"model": model_cfg})})
     model = build_model(meta.config, load_pretrained=False)
@@ -90,6 +100,53 @@ def calibrate_outputs(
     )
 
 
+def _fit_anomem(
+    model: AnoMem,
+    inputs: np.ndarray,
+    cfg: ExperimentConfig,
+    saved_state: dict[str, Any] | None,
+    save_progress: Callable[[dict[str, Any]], None],
+    anomalies: str | Path | None,
+) -> dict[str, Any]:
+    """Stage 1, stage-2 statistics and detector; returns the final training state."""
+    state = anomem_train.TrainState(**(saved_state or {}))
+    if saved_state:
+        tqdm.write(f"resuming after stage-1 epoch {state.stage1_epochs_done}")
+    anomem_train.train_stage1(model, inputs, cfg.train, state, on_epoch=lambda s: save_progress(asdict(s)))
+    stage2_started = time.perf_counter()
+    deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
+    anomem_train.fit_deviation_stats(model, deviations)
+    stacked = anomem_train.stacked_maps(model, deviations)
+    anomalous = None
+    if anomalies is not None:
+        abnormal_inputs = model_inputs(load_clips(anomalies, cfg.input, split="train"), cfg)
+        anomalous = anomem_train.stacked_maps(model, anomem_train.deviation_maps(model, abnormal_inputs))
+    anomem_train.train_detector(model, stacked, cfg.train, state, anomalous)
+    state.seconds += time.perf_counter() - stage2_started
+    return asdict(state)
+
+
+def _fit_daad(
+    model: DAAD,
+    inputs: np.ndarray,
+    cfg: ExperimentConfig,
+    saved_state: dict[str, Any] | None,
+    save_progress: Callable[[dict[str, Any]], None],
+    anomalies: str | Path | None,
+) -> dict[str, Any]:
+    """Adversarial autoencoder training, then the normal statistics of the score; returns the state."""
+    if anomalies is not None:
+        raise ValueError("--anomalies (the unbalanced setting) needs AnoMem with model.score 'classifier'")
+    state = daad_train.TrainState(**(saved_state or {}))
+    if saved_state:
+        tqdm.write(f"resuming after epoch {state.epochs_done}")
+    daad_train.train_daad(model, inputs, cfg.train, state, on_epoch=lambda s: save_progress(asdict(s)))
+    stats_started = time.perf_counter()
+    daad_train.fit_normal_stats(model, inputs)
+    state.seconds += time.perf_counter() - stats_started
+    return asdict(state)
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -99,15 +156,16 @@ def train(
     anomalies: str | Path | None = None,
     device: str = "cpu",
 ) -> CheckpointMeta:
-    """Train AnoMem on normal footage and write a calibrated checkpoint to `out`.
+    """Train the configured model (AnoMem or DAAD) on normal footage and write a calibrated checkpoint.
 
     Args:
         data: normal footage (Ped2 root = its train split, frame folders or videos).
-        out: checkpoint path; also the resume point, rewritten after every stage-1 epoch.
-        cfg: the experiment config.
+        out: checkpoint path; also the resume point, rewritten after every training epoch.
+        cfg: the experiment config; `cfg.model.name` picks the model.
         version: model version string (default: data folder name and today's date).
         resume: continue from `out` when it holds an unfinished run of the same config.
-        anomalies: optional frames of labelled anomalies (unbalanced setting; needs score 'classifier').
+        anomalies: optional frames of labelled anomalies (unbalanced setting; AnoMem with score
+            'classifier').
         device: torch device to train on ("cpu", "cuda"); the checkpoint is device-independent.
     """
     started = time.perf_counter()
@@ -119,7 +177,7 @@ def train(
     inputs = model_inputs(fit_clips, cfg)
     tqdm.write(f"training on {len(inputs)} frames from {len(fit_clips)} clips; {len(holdout)} clips held out")
     model = build_model(cfg)
-    state = anomem_train.TrainState()
+    saved_state: dict[str, Any] | None = None
     version = version or f"{Path(data).name}-{dt.date.today().isoformat()}"
     meta = CheckpointMeta(
         name=cfg.model.name, version=version, config=cfg, data_fingerprint=fingerprint(clips), complete=False
@@ -132,34 +190,28 @@ def train(
             tqdm.write(f"{out} is already complete; nothing to resume")
             return previous
         model.load_state_dict(tensors, strict=True)
-        state = anomem_train.TrainState(**previous.training.get("state", {}))
-        tqdm.write(f"resuming after stage-1 epoch {state.stage1_epochs_done}")
+        saved_state = previous.training.get("state", {})
     model.to(device)
 
-    def save_progress(s: anomem_train.TrainState) -> None:
-        save_checkpoint(out, model.state_dict(), meta.model_copy(update={"training": {"state": asdict(s)}}))
+    def save_progress(state: dict[str, Any]) -> None:
+        save_checkpoint(out, model.state_dict(), meta.model_copy(update={"training": {"state": state}}))
 
-    anomem_train.train_stage1(model, inputs, cfg.train, state, on_epoch=save_progress)
-    stage2_started = time.perf_counter()
-    deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
-    anomem_train.fit_deviation_stats(model, deviations)
-    stacked = anomem_train.stacked_maps(model, deviations)
-    anomalous = None
-    if anomalies is not None:
-        abnormal_inputs = model_inputs(load_clips(anomalies, cfg.input, split="train"), cfg)
-        anomalous = anomem_train.stacked_maps(model, anomem_train.deviation_maps(model, abnormal_inputs))
-    anomem_train.train_detector(model, stacked, cfg.train, state, anomalous)
+    if isinstance(model, AnoMem):
+        state = _fit_anomem(model, inputs, cfg, saved_state, save_progress, anomalies)
+    else:
+        state = _fit_daad(model, inputs, cfg, saved_state, save_progress, anomalies)
+    calibration_started = time.perf_counter()
     calib_inputs = model_inputs(holdout, cfg) if holdout else inputs
     raw, maps = score_inputs(model, calib_inputs, desc="calibration")
     calibration, map_calibration = calibrate_outputs(raw, maps, cfg.train.false_alarm_rate)
-    state.seconds += time.perf_counter() - stage2_started
+    state["seconds"] += time.perf_counter() - calibration_started
     meta = meta.model_copy(
         update={
             "calibration": calibration,
             "map_calibration": map_calibration,
             "complete": True,
             "training": {
-                "state": asdict(state),
+                "state": state,
                 "train_frames": len(inputs),
                 "calibration_frames": len(calib_inputs),
                 "calibration_source": "held-out clips" if holdout else "training frames",

@@ -32,6 +32,28 @@ TINY = {
 }
 
 
+TINY_DAAD = {
+    "input": {"height": 32, "width": 48, "motion": True},
+    "model": {
+        "name": "daad",
+        "widths": [8, 16, 32],
+        "memory_stages": [2, 3],
+        "block_size": 8,
+        "slots": 32,
+        "discriminator_widths": [8, 16],
+        "map_stride": 4,
+        "topk": 4,
+    },
+    "train": {"epochs": 2, "batch_size": 8, "frames_per_epoch": 48, "lr": 2e-3},
+}
+
+
+def tiny_daad_config(**model_overrides: object) -> ExperimentConfig:
+    data = json.loads(json.dumps(TINY_DAAD))
+    data["model"].update(model_overrides)
+    return parse_config(data)
+
+
 def tiny_config(**model_overrides: object) -> ExperimentConfig:
     data = json.loads(json.dumps(TINY))
     data["model"].update(model_overrides)

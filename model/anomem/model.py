@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.anomaly_map import gaussian_kernel, smooth, topk_mean
 from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec
@@ -28,23 +29,6 @@ class Descriptors:
 
     maps: list[torch.Tensor]  # [B, C_l (+2 motion), h_l, w_l], features L2-normalized over channels
     last_features: torch.Tensor  # encoder output at the coarsest scale, for the instance contrast
-
-
-def gaussian_kernel(sigma: float) -> torch.Tensor:
-    """A normalized 2-D Gaussian as a [1, 1, k, k] conv weight (k = 1 when sigma is 0)."""
-    if sigma <= 0:
-        return torch.ones(1, 1, 1, 1)
-    radius = max(1, math.ceil(2 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
-def topk_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of the k largest values of each map: [B, 1, h, w] -> [B]."""
-    flat = maps.flatten(1)
-    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
 
 
 class AnoMem(nn.Module):
@@ -175,8 +159,7 @@ class AnoMem(nn.Module):
     def anomaly_map(self, stacked: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the upsampled standardized deviations, Gaussian-smoothed: [B, 1, h0, w0]."""
         fused = (stacked * self.scale_weights.view(1, -1, 1, 1)).sum(dim=1, keepdim=True)
-        pad = self.map_kernel.shape[-1] // 2
-        return F.conv2d(F.pad(fused, (pad, pad, pad, pad), mode="replicate"), self.map_kernel)
+        return smooth(fused, self.map_kernel)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score uint8 frames [B, C, H, W]: returns (raw score [B], anomaly map [B, 1, H/8, W/8])."""

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.anomaly_map import position_stats
 from model.anomem import losses
 from model.anomem.model import AnoMem
 from model.augment import random_views
@@ -153,12 +154,9 @@ def fit_deviation_stats(model: AnoMem, deviations: list[torch.Tensor]) -> None:
     `std_shrinkage`): a spot that training footage rarely shows in motion would otherwise turn an
     ordinary passer-by into a huge standardized deviation.
     """
-    shrink = model.cfg.std_shrinkage
     for i, d in enumerate(deviations):
         if model.cfg.per_position_stats:
-            mean = d.mean(dim=0, keepdim=True)
-            pooled_var = (d - mean).var()
-            std = ((1 - shrink) * d.var(dim=0, keepdim=True) + shrink * pooled_var).sqrt()
+            mean, std = position_stats(d, model.cfg.std_shrinkage)
         else:
             mean = d.mean().expand(1, 1, *d.shape[-2:])
             std = d.std().expand(1, 1, *d.shape[-2:])

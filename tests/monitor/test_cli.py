@@ -10,7 +10,7 @@ import yaml
 
 from model.checkpoint import load_checkpoint
 from monitor.cli import main
-from tests.conftest import TINY
+from tests.conftest import TINY, TINY_DAAD
 
 
 def _anomon(*args: str) -> subprocess.CompletedProcess[str]:
@@ -103,3 +103,38 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
 def test_every_command_has_help_with_defaults(command: str) -> None:
     done = _anomon(command, "--help")
     assert done.returncode == 0 and "usage: anomon" in done.stdout and "--" in done.stdout
+
+
+def test_daad_trains_calibrates_and_evaluates_through_the_same_commands(
+    ped2_like: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "daad.yaml"
+    config.write_text(yaml.safe_dump({k: v for k, v in TINY_DAAD.items() if k != "model"}))
+    out = tmp_path / "daad.safetensors"
+    model_args = [
+        "--set",
+        "model.name=daad",
+        "--set",
+        "model.widths=[8,16,32]",
+        "--set",
+        "model.block_size=16",
+    ]
+    args = ["train", "--data", str(ped2_like), "--out", str(out), "--config", str(config), *model_args]
+    assert main([*args, "--set", "model.memory_stages=[2,3]"]) == 0
+    _, meta = load_checkpoint(out)
+    assert meta.name == "daad" and meta.config.model.name == "daad" and meta.complete
+    recal = tmp_path / "recal.safetensors"
+    calibrate = [
+        "calibrate",
+        "--checkpoint",
+        str(out),
+        "--data",
+        str(ped2_like / "train"),
+        "--out",
+        str(recal),
+    ]
+    assert main([*calibrate, "--false-alarm-rate", "0.2"]) == 0
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(recal), "--data", str(ped2_like), "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["model"] == "daad" and result["frames"] == 48 and 0.0 <= result["auroc_causal_micro"] <= 1.0

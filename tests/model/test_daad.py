@@ -1,0 +1,174 @@
+"""DAAD: serving contract, block sizes, score composition, ONNX export, training."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from model import pipeline
+from model.daad import train as daad_train
+from model.daad.model import DAAD
+from model.evaluation import evaluate_path
+from tests.conftest import tiny_daad_config
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_forward_takes_uint8_and_returns_score_and_low_res_map(motion: bool) -> None:
+    cfg = tiny_daad_config()
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"motion": motion})})
+    model = pipeline.build_model(cfg).eval()
+    assert isinstance(model, DAAD)
+    frames = torch.randint(0, 256, (3, cfg.input.channels, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        score, heatmap = model(frames)
+    assert score.shape == (3,) and score.dtype == torch.float32
+    assert heatmap.shape == (3, 1, 8, 12) and heatmap.dtype == torch.float32
+    assert torch.isfinite(score).all() and torch.isfinite(heatmap).all()
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4, 8, 16, 32])
+def test_every_block_size_divides_each_memory_stage_into_whole_blocks(block_size: int) -> None:
+    cfg = tiny_daad_config(block_size=block_size, memory_stages=[1, 2, 3])
+    model = pipeline.build_model(cfg).eval()
+    assert isinstance(model, DAAD)
+    assert model.blocks == {s: max(1, block_size // 2**s) for s in (1, 2, 3)}
+    frames = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        rec = model.reconstruct(model.target(frames))
+        score, heatmap = model(frames)
+    # Inputs are padded so that every stage's map splits into whole blocks (32 x 48 stays for b <= 8).
+    ph, pw = model.padded
+    assert ph % 32 == 0 or block_size < 32
+    assert rec.output.shape == rec.target.shape == (2, 2, ph, pw)
+    for (stage, block), weights in zip(sorted(model.blocks.items()), rec.weights, strict=True):
+        blocks = (ph // 2**stage // block) * (pw // 2**stage // block)
+        assert weights.shape == (2, blocks, cfg.model.slots)
+    assert score.shape == (2,) and heatmap.shape == (2, 1, 8, 12)
+
+
+def test_decoder_sees_only_memory_readouts() -> None:
+    """Frames whose memory read-outs are equal get the same reconstruction, whatever the encoder saw."""
+    model = pipeline.build_model(tiny_daad_config(slots=2, beta=1e4, shrink=0.0)).eval()
+    assert isinstance(model, DAAD)
+    for memory in model.memories.values():
+        memory.slots.data[1] = -1e3  # never the nearest item to a post-LeakyReLU feature block
+        memory.slots.data[0] = 1.0
+    a = torch.randint(0, 256, (1, 2, 32, 48), dtype=torch.uint8)
+    b = torch.randint(0, 256, (1, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        out_a, out_b = (model.reconstruct(model.target(x)).output for x in (a, b))
+    torch.testing.assert_close(out_a, out_b)
+
+
+def test_score_adds_the_normalized_latent_distance_when_weighted() -> None:
+    frames = torch.randint(0, 256, (4, 2, 32, 48), dtype=torch.uint8)
+    with_latent = pipeline.build_model(tiny_daad_config(latent_weight=0.5)).eval()
+    without = pipeline.build_model(tiny_daad_config(latent_weight=0.0)).eval()
+    without.load_state_dict(with_latent.state_dict())
+    assert isinstance(with_latent, DAAD)
+    with_latent.score_stats.copy_(torch.tensor([0.3, 2.0, 0.1, 4.0]))
+    without.score_stats.copy_(with_latent.score_stats)
+    with torch.no_grad():
+        rec = with_latent.reconstruct(with_latent.target(frames))
+        latent = (with_latent.latent_distance(rec) - 0.1) / 4.0
+        torch.testing.assert_close(with_latent(frames)[0], without(frames)[0] + 0.5 * latent)
+
+
+def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = pipeline.build_model(tiny_daad_config()).eval()
+    x = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
+    f = tmp_path / "daad.onnx"
+    torch.onnx.export(
+        model,
+        (x,),
+        str(f),
+        opset_version=17,
+        dynamo=False,
+        input_names=["frames"],
+        output_names=["score", "anomaly_map"],
+        dynamic_axes={"frames": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
+    )
+    session = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
+    frames = torch.randint(0, 256, (5, 2, 32, 48), dtype=torch.uint8)  # another batch size
+    score, heatmap = session.run(None, {"frames": frames.numpy()})
+    with torch.no_grad():
+        ref_score, ref_map = model(frames)
+    # fp32 on both sides; differences come from summation order only.
+    np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(heatmap, ref_map.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_training_smoke_writes_a_checkpoint_that_serves_and_evaluates(
+    ped2_like: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "daad.safetensors"
+    cfg = tiny_daad_config()
+    meta = pipeline.train(ped2_like, out, cfg)
+    assert meta.complete and meta.name == "daad" and meta.calibration is not None
+    losses = meta.training["state"]["losses"]
+    assert len(losses) == cfg.train.epochs
+    assert {"reconstruction", "entropy", "adversarial", "feature_matching", "discriminator"} <= set(losses[0])
+    assert losses[-1]["reconstruction"] < losses[0]["reconstruction"]
+    model, loaded = pipeline.load_model(out)
+    assert isinstance(model, DAAD) and loaded.config == cfg
+    # Normal statistics were fitted: not the initial placeholders.
+    assert not torch.equal(model.score_stats, torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    assert not torch.equal(model.err_std, torch.ones_like(model.err_std))
+    result = evaluate_path(model, loaded.config, ped2_like, smoothing_frames=4)
+    assert result["frames"] == 48 and 0.0 <= float(result["pixel_auroc"]) <= 1.0
+    # The generated anomaly (a big bright fast block) is easy: even a 2-epoch tiny model must see it.
+    assert float(result["auroc_causal_micro"]) > 0.8, json.dumps(result)
+
+
+def test_ablation_without_adversarial_terms_trains_no_discriminator(ped2_like: Path, tmp_path: Path) -> None:
+    cfg = tiny_daad_config(latent_weight=0.0)
+    cfg = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(
+                update={
+                    "epochs": 1,
+                    "daad": cfg.train.daad.model_copy(
+                        update={"w_adversarial": 0.0, "w_feature_matching": 0.0}
+                    ),
+                }
+            )
+        }
+    )
+    torch.manual_seed(cfg.train.seed)  # the initial weights `train` starts from
+    model = pipeline.build_model(cfg)
+    assert isinstance(model, DAAD) and not daad_train.trains_discriminator(model, cfg.train)
+    before = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    meta = pipeline.train(ped2_like, tmp_path / "plain.safetensors", cfg)
+    assert set(meta.training["state"]["losses"][0]) == {"reconstruction", "entropy"}
+    trained, _ = pipeline.load_model(tmp_path / "plain.safetensors")
+    for name, tensor in trained.discriminator.state_dict().items():  # type: ignore[union-attr]
+        torch.testing.assert_close(tensor, before[name])
+
+
+def test_resume_continues_after_the_last_finished_epoch(ped2_like: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run.safetensors"
+    cfg = tiny_daad_config()
+
+    def crash(*args, **kwargs):  # a crash after training cannot be caused by real input
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(daad_train, "fit_normal_stats", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        pipeline.train(ped2_like, out, cfg)
+    monkeypatch.undo()
+    _, partial = pipeline.load_checkpoint(out)
+    assert not partial.complete and partial.training["state"]["epochs_done"] == cfg.train.epochs
+    meta = pipeline.train(ped2_like, out, cfg, resume=True)
+    assert meta.complete
+    assert meta.training["state"]["losses"] == partial.training["state"]["losses"]  # not trained again
+
+
+def test_anomalies_are_refused_for_daad(ped2_like: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs AnoMem"):
+        pipeline.train(
+            ped2_like, tmp_path / "x.safetensors", tiny_daad_config(), anomalies=ped2_like / "test"
+        )
