@@ -246,25 +246,38 @@ def parse_config(data: dict[str, Any], source: str = "config") -> ExperimentConf
         raise ConfigError(_error_line(err, source)) from None
 
 
+def read_yaml_mapping(path: str | Path, sections: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); every config file goes through here.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, or a top level that is not a mapping of `sections`.
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with {sections}")
+    return loaded or {}
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `data["a"]["b"] = value` for `dotted` "a.b", creating sections on the way."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"field '{dotted}': '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Load a YAML config (or the defaults) and apply dotted-key overrides like {"train.epochs": 2}."""
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping with input/model/train sections")
-        data = loaded or {}
+    data = read_yaml_mapping(path, "input/model/train sections") if path is not None else {}
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return parse_config(data, source)
+        set_dotted(data, dotted, value)
+    return parse_config(data, str(path) if path is not None else "defaults")

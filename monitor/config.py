@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model.config import ConfigError
+from model.config import ConfigError, read_yaml_mapping, set_dotted
 from monitor.camera import PerCameraSettings
 from monitor.kafka_client import ConsumerSettings, KafkaSettings, ProducerSettings
 from monitor.wire import MAX_FRAME_BYTES, Topics
@@ -77,17 +77,6 @@ class ServiceConfig(_Section):
     http: HttpSettings = Field(default_factory=HttpSettings)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"field '{dotted}': '{part}' is not a section")
-        node = child
-    node[leaf] = value
-
-
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """Dotted overrides from ANOMON__SECTION__FIELD variables (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
@@ -107,25 +96,15 @@ def load_service_config(
     Raises:
         ConfigError: missing file, bad YAML, or an invalid field (named with its dotted path).
     """
-    data: dict[str, Any] = {}
-    source = "configuration"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected sections (kafka, model, batching, intake, cameras, ...)")
-        data = loaded or {}
+    sections = "sections (kafka, model, batching, intake, cameras, ...)"
+    data = read_yaml_mapping(path, sections) if path is not None else {}
+    source = str(path) if path is not None else "configuration"
     for dotted, value in {
         **env_overrides(os.environ if environ is None else environ),
         **(overrides or {}),
     }.items():
         if value is not None:
-            _set_dotted(data, dotted, value)
+            set_dotted(data, dotted, value)
     try:
         return ServiceConfig.model_validate(data)
     except ValidationError as err:

@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from model.config import ConfigError
+from model.config import ConfigError, read_yaml_mapping
 from monitor.wire import MAX_FRAME_BYTES
 
 BOOTSTRAP_ENV = "ANOMON_BOOTSTRAP"
@@ -256,17 +255,9 @@ def load_kafka_settings(path: str | Path | None, **overrides: Any) -> KafkaSetti
     source = "kafka settings"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"Kafka config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-        if isinstance(loaded, dict) and isinstance(loaded.get("kafka"), dict):
-            loaded = loaded["kafka"]
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of Kafka settings (bootstrap_servers, ...)")
-        data = dict(loaded or {})
+        loaded = read_yaml_mapping(path, "Kafka settings (bootstrap_servers, ...) or a kafka: section")
+        section = loaded.get("kafka")
+        data = dict(section if isinstance(section, dict) else loaded)
     data |= {key: value for key, value in overrides.items() if value is not None}
     try:
         return KafkaSettings.model_validate(data)

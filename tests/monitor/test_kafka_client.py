@@ -114,7 +114,7 @@ def test_yaml_loader_errors_are_one_line_naming_the_field(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="not found"):
         load_kafka_settings(tmp_path / "missing.yaml")
     config.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_kafka_settings(config)
 
 
