@@ -271,6 +271,8 @@ def serve(
     import logging
     import signal
 
+    import cv2
+
     from model.runtime import open_runtime
     from monitor.kafka_client import create_topics
     from monitor.metrics import HealthServer
@@ -278,6 +280,8 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
+    # The model owns the cores: OpenCV's own thread pool on per-frame resizes only competes with it.
+    cv2.setNumThreads(1)
     if cfg.model.artifact is None:
         raise ConfigError("field 'model.artifact': no model given; pass --artifact DIR or set it in --config")
     runtime = open_runtime(

@@ -41,6 +41,9 @@ class BatchingSettings(_Section):
 
     max_batch: int = Field(8, ge=1, le=256)
     max_wait_ms: float = Field(20.0, ge=0, le=10_000)
+    overlap: bool = Field(
+        True, description="score the next batch while the previous one is published and committed"
+    )
 
 
 class IntakeSettings(_Section):

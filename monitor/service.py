@@ -1,7 +1,10 @@
 """The consume-score-publish service (`anomon run`).
 
-One cycle: poll a micro-batch across cameras, parse and decode it, score it, update each camera's
-state, publish scores and alert events, flush, and only then commit the offsets (at least once).
+One cycle: poll a micro-batch across cameras, parse and decode it, hand it to the model thread, then
+finish the previous batch: update each camera's state, publish scores and alert events, flush, and
+only then commit its offsets (at least once). So the model scores batch N+1 while batch N is
+published and committed, and while batch N+2 is polled and decoded (`batching.overlap`; off, each
+batch is finished before the next is polled).
 """
 
 from __future__ import annotations
@@ -10,8 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +37,7 @@ from monitor.snapshot import SnapshotError
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200  # how long an idle poll waits, so a stop request is seen promptly
+BUSY_POLL_MS = 5  # poll slices while the model works: gather the next batch, notice when it is done
 RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seconds
 BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
 BROKER_CHECK_TIMEOUT_MS = 5000
@@ -49,6 +52,25 @@ class Frame:
     image: np.ndarray  # the decoded source frame (kept for the alert snapshot)
     model_input: np.ndarray  # uint8 [C, H, W] at the model's input size, previous frame stacked
     received: float  # time.time() when polled
+
+
+@dataclass
+class Inference:
+    """A batch back from the model thread: per frame its raw score and map, or why it has none."""
+
+    frames: list[Frame]
+    started: float  # time.time() when the batch went into the model
+    seconds: float  # the model's time on the batch (with the frame-by-frame retries)
+    outputs: list[tuple[float, np.ndarray] | FrameError]
+    batch_error: str | None = None  # the batch call failed and was retried frame by frame
+
+
+@dataclass
+class InFlight:
+    """Polled records whose outputs are not yet flushed and whose offsets are not yet committed."""
+
+    records: list[Any]
+    inference: Future[Inference] | None  # None: no frame of these records reached the model
 
 
 @dataclass
@@ -86,6 +108,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.service = service
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.service.revocations += 1
         self.service.release(revoked)
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -130,6 +153,10 @@ class MonitorService:
         self._pending: list[Any] = []  # send futures of this cycle
         self._end_to_end: list[float] = []  # capture times of this cycle's scores, observed once flushed
         self._pool = ThreadPoolExecutor(cfg.intake.decode_workers, thread_name_prefix="anomon-decode")
+        # Every runtime call happens on this one thread (a GPU runtime keeps its context and stream).
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="anomon-model")
+        self._inflight: InFlight | None = None  # the batch in the model, finished by the next cycle
+        self.revocations = 0  # partitions revoked so far: records polled before one are void
         self._checked = 0.0  # time.monotonic() of the last broker check
         self._rewind_owed = False  # a Kafka error left uncommitted frames behind: seek back first
 
@@ -190,6 +217,7 @@ class MonitorService:
                 or frames still buffered after the failed ones would be committed past them.
         """
         assert self._consumer is not None
+        self._discard_inflight()
         self._pending.clear()
         self._end_to_end.clear()
         for tp in self.assigned:
@@ -200,10 +228,34 @@ class MonitorService:
                 self._consumer.seek(tp, committed)
         self._rewind_owed = False
 
+    def _discard_inflight(self) -> None:
+        """Forget the batch in the model (its frames are redone from the committed offsets)."""
+        if self._inflight is not None and self._inflight.inference is not None:
+            self._inflight.inference.result()  # the model thread is idle again before anything else runs
+        self._inflight = None
+
+    def _drain(self) -> None:
+        """Finish the batch in the model: publish, flush, commit (a Kafka error leaves it to a rewind)."""
+        if self._rewind_owed:
+            # An earlier batch failed and is not committed: committing this later one would skip it.
+            self._discard_inflight()
+            return
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            try:
+                self._finish(inflight)
+            except KafkaError:
+                self._rewind_owed = True
+                raise
+
     def shutdown(self) -> None:
-        """Drain: end open alerts, publish, flush, commit, leave the group."""
+        """Drain: finish the batch in the model, end open alerts, publish, flush, commit, leave the group."""
         self.metrics.ready.set(0)
         if self._producer is not None:
+            try:
+                self._drain()
+            except KafkaError as err:  # left uncommitted: redone by the next owner of its partitions
+                log.error("could not publish the batch in flight on shutdown: %s", err)
             try:
                 for camera_id in list(self.cameras):
                     self._publish_events(camera_id, self.cameras[camera_id].close())
@@ -217,9 +269,16 @@ class MonitorService:
             self._producer.close()
             self._producer = None
         self._pool.shutdown(wait=True)
+        self._model_thread.shutdown(wait=True)
 
     def release(self, partitions: set[TopicPartition]) -> None:
-        """Cameras on revoked partitions move to another worker: end their alerts, drop their state."""
+        """Cameras on revoked partitions move to another worker: finish the batch in the model (its
+        offsets committed while they are still ours), end their alerts, drop their state."""
+        if self._producer is not None:
+            try:
+                self._drain()
+            except KafkaError as err:  # uncommitted: the partitions' next owner redoes these frames
+                log.warning("could not finish the batch in flight before a rebalance: %s", err)
         moving = [c for c, tp in self.camera_partition.items() if tp in partitions]
         for camera_id in moving:
             # Close before dropping the state: the end event's snapshot reads it. A camera seen in
@@ -237,35 +296,59 @@ class MonitorService:
     # --- one cycle ---------------------------------------------------------------------------------
 
     def cycle(self) -> bool:
-        """Poll, decode, score, publish, flush, commit one micro-batch; False when nothing came."""
+        """Poll and decode a micro-batch and hand it to the model; publish, flush and commit the one
+        before it. False when nothing came and nothing was in flight."""
         if self._rewind_owed:
             self._rewind()
-        records = self._poll_batch()
-        if not records:
+        busy = self._inflight.inference if self._inflight is not None else None
+        records = self._poll_batch(busy)
+        if not records and self._inflight is None:
             self._check_brokers()
             return False
         started = time.perf_counter()
-        self.stats.cycles += 1
-        frames = self._intake(records)
-        for start in range(0, len(frames), self.cfg.batching.max_batch):
-            self._score(frames[start : start + self.cfg.batching.max_batch])
-        self._flush()
-        self._commit(records)
+        submitted = None
+        if records:
+            self.stats.cycles += 1
+            frames = self._intake(records)
+            inference = self._model_thread.submit(self._run_model, frames) if frames else None
+            submitted = InFlight(records, inference)
+        previous, self._inflight = self._inflight, submitted
+        if previous is not None:
+            self._finish(previous)
+        if not self.cfg.batching.overlap:
+            self._drain()
         self._update_lag()
         self.metrics.busy_seconds.inc(time.perf_counter() - started)
         return True
 
-    def _poll_batch(self) -> list[Any]:
-        """Up to max_batch records across partitions, waiting at most max_wait_ms after the first."""
+    def _poll_batch(self, busy: Future[Inference] | None) -> list[Any]:
+        """Up to max_batch records across partitions.
+
+        With a batch in the model (busy), gather until it is done: its inference is the batching
+        window. Otherwise wait for a first record, then at most max_wait_ms for more. Records polled
+        before a rebalance are dropped: their partitions restart from the committed offsets.
+        """
         assert self._consumer is not None
         batching = self.cfg.batching
         got: list[Any] = []
         deadline: float | None = None
         while len(got) < batching.max_batch:
-            wait_ms = IDLE_POLL_MS if deadline is None else max(0.0, (deadline - time.monotonic()) * 1e3)
+            if busy is not None:
+                if busy.done():
+                    break
+                wait_ms = float(BUSY_POLL_MS)
+            elif deadline is None:
+                wait_ms = float(IDLE_POLL_MS)
+            else:
+                wait_ms = max(0.0, (deadline - time.monotonic()) * 1e3)
+            revocations = self.revocations
             polled = self._consumer.poll(timeout_ms=int(wait_ms), max_records=batching.max_batch - len(got))
+            if self.revocations != revocations:
+                got = []
             for batch in polled.values():
                 got.extend(batch)
+            if busy is not None:
+                continue
             if got and deadline is None:
                 deadline = time.monotonic() + batching.max_wait_ms / 1e3
             if deadline is None or time.monotonic() >= deadline:
@@ -329,34 +412,51 @@ class MonitorService:
             frames.append(Frame(consumed, record, image, model_input, now))
         return frames
 
-    def _infer(
-        self, frames: list[Frame]
-    ) -> Iterator[tuple[Frame, float, np.ndarray] | tuple[Frame, None, None]]:
-        """Scores and maps per frame; a failing batch is retried frame by frame (policy: README)."""
-        batch = np.stack([f.model_input for f in frames])
-        started = time.perf_counter()
+    def _run_model(self, frames: list[Frame]) -> Inference:
+        """On the model thread: score a batch; a failing batch is retried frame by frame (policy: README)."""
+        started, clock = time.time(), time.perf_counter()
         try:
-            scores, maps = self.runtime.infer(batch)
-            self.metrics.inference_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(frames))
-            yield from ((f, float(s), m) for f, s, m in zip(frames, scores, maps, strict=True))
-            return
+            scores, maps = self.runtime.infer(np.stack([f.model_input for f in frames]))
+            outputs: list[tuple[float, np.ndarray] | FrameError] = [
+                (float(s), m) for s, m in zip(scores, maps, strict=True)
+            ]
+            return Inference(frames, started, time.perf_counter() - clock, outputs)
         except Exception as err:
-            self.metrics.inference_errors.inc()
-            log.warning("inference failed on a batch of %d (%s); retrying frame by frame", len(frames), err)
+            batch_error = str(err)[:200] or type(err).__name__
+        outputs = []
         for frame in frames:
             try:
                 score, amap = self.runtime.infer(frame.model_input[None])
-                yield frame, float(score[0]), amap[0]
+                outputs.append((float(score[0]), amap[0]))
             except Exception as err:
-                self._dead_letter(frame.consumed, FrameError(wire.Reason.INFERENCE_FAILED, str(err)[:200]))
-                yield frame, None, None
+                outputs.append(FrameError(wire.Reason.INFERENCE_FAILED, str(err)[:200] or type(err).__name__))
+        return Inference(frames, started, time.perf_counter() - clock, outputs, batch_error)
 
-    def _score(self, frames: list[Frame]) -> None:
-        inference_started = time.time()
-        for frame, raw, amap in self._infer(frames):
-            if raw is None or amap is None:
+    def _finish(self, inflight: InFlight) -> None:
+        """Publish a batch's scores and alert events, flush, then commit its offsets."""
+        if inflight.inference is not None:
+            self._score(inflight.inference.result())
+        self._flush()
+        self._commit(inflight.records)
+
+    def _score(self, inference: Inference) -> None:
+        frames = inference.frames
+        if inference.batch_error is None:
+            self.metrics.inference_seconds.observe(inference.seconds)
+            self.metrics.batch_size.observe(len(frames))
+        else:
+            self.metrics.inference_errors.inc()
+            log.warning(
+                "inference failed on a batch of %d (%s); retried frame by frame",
+                len(frames),
+                inference.batch_error,
+            )
+        inference_started = inference.started
+        for frame, output in zip(frames, inference.outputs, strict=True):
+            if isinstance(output, FrameError):
+                self._dead_letter(frame.consumed, output)
                 continue
+            raw, amap = output
             record = frame.record
             capture = record.capture_ts_ns / 1e9
             camera = self._camera(record.camera_id)
@@ -384,7 +484,7 @@ class MonitorService:
                 model=self.model_info,
                 latency_ms=wire.Latency(
                     queue=max(0.0, (inference_started - capture) * 1e3),
-                    inference=max(0.0, (published - inference_started) * 1e3 / max(1, len(frames))),
+                    inference=inference.seconds * 1e3 / len(frames),
                     end_to_end=max(0.0, (published - capture) * 1e3),
                 ),
             )

@@ -283,8 +283,9 @@ class FaultyRuntime(Runtime):
 BATCH = 4
 
 
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlapped", "serial"])
 def test_runtime_failures_are_dead_lettered_by_policy_and_nan_never_alerts(
-    tiny_runtime: Runtime, kafka_settings: KafkaSettings, new_topic: TopicFactory
+    tiny_runtime: Runtime, kafka_settings: KafkaSettings, new_topic: TopicFactory, overlap: bool
 ) -> None:
     frames = new_topic(partitions=1)
     cfg = _service_config(
@@ -293,6 +294,7 @@ def test_runtime_failures_are_dead_lettered_by_policy_and_nan_never_alerts(
         **{
             "batching.max_batch": BATCH,
             "batching.max_wait_ms": 200,
+            "batching.overlap": overlap,
             # Every finite score would open an alert: one from NaN would show.
             "cameras.defaults": {
                 "on_threshold": 0.001,
