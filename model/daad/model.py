@@ -98,7 +98,7 @@ class DAAD(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
-        # Reconstructed channels: the frame, and |frame - previous| averaged over colour with motion.
+        # Reconstructed channels: the frame, plus one motion map (see `motion`) when the input has motion.
         self.channels = spec.frame_channels + (1 if spec.motion else 0)
         widths = cfg.widths
         depth = len(widths)
@@ -171,13 +171,18 @@ class DAAD(nn.Module):
             current = F.pad(current, (0, pad_w, 0, pad_h), mode="replicate")
         return current
 
-    def reconstruct(self, target: torch.Tensor) -> Reconstruction:
-        """Encode, rebuild each memory stage's map from memory, decode from the read-outs only."""
+    def encode(self, target: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's map after every stage, shallowest first."""
         features = []
         x = target.contiguous(memory_format=torch.channels_last)
         for stage in self.encoder:
             x = stage(x)
             features.append(x)
+        return features
+
+    def reconstruct(self, target: torch.Tensor) -> Reconstruction:
+        """Encode, rebuild each memory stage's map from memory, decode from the read-outs only."""
+        features = self.encode(target)
         readouts: dict[int, torch.Tensor] = {}
         weights = []
         for key, memory in self.memories.items():

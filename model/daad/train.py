@@ -42,12 +42,8 @@ def initialize_memories(
 ) -> None:
     """Seed every memory with blocks of real normal features (faster than random items)."""
     pick = np.sort(torch.randperm(len(inputs), generator=generator)[:samples].numpy())
-    x = model.target(torch.from_numpy(inputs[pick]).to(_device(model)))
     model.train()  # batch statistics: the features the memories will see while training
-    features = []
-    for stage in model.encoder:
-        x = stage(x)
-        features.append(x)
+    features = model.encode(model.target(torch.from_numpy(inputs[pick]).to(_device(model))))
     for key, memory in model.memories.items():
         memory.initialize_slots(features[int(key) - 1], generator)  # type: ignore[operator]
 
@@ -74,7 +70,8 @@ def _step(
         "entropy": cfg.daad.w_entropy * losses.addressing_entropy(rec.weights),
     }
     if cfg.daad.w_adversarial > 0 or cfg.daad.w_feature_matching > 0:
-        real_features = model.discriminator.features(rec.target)
+        with torch.no_grad():
+            real_features = model.discriminator.features(rec.target)
         fake_features, fake_logits = model.discriminator(rec.output)
         terms["adversarial"] = cfg.daad.w_adversarial * losses.generator_adversarial(fake_logits)
         terms["feature_matching"] = cfg.daad.w_feature_matching * losses.feature_matching(

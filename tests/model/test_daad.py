@@ -77,6 +77,22 @@ def test_score_adds_the_normalized_latent_distance_when_weighted() -> None:
         torch.testing.assert_close(with_latent(frames)[0], without(frames)[0] + 0.5 * latent)
 
 
+def test_latent_distance_is_the_top_cells_or_the_pooled_features() -> None:
+    frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
+    per_cell = pipeline.build_model(tiny_daad_config(latent_topk=1)).eval()
+    pooled = pipeline.build_model(tiny_daad_config(latent_topk=None)).eval()
+    pooled.load_state_dict(per_cell.state_dict())
+    assert isinstance(per_cell, DAAD) and isinstance(pooled, DAAD)
+    with torch.no_grad():
+        rec = per_cell.reconstruct(per_cell.target(frames))
+        real, fake = (per_cell.discriminator.feature_map(x) for x in (rec.target, rec.output))
+        cells = (real - fake).pow(2).sum(dim=1)
+        torch.testing.assert_close(per_cell.latent_distance(rec), cells.flatten(1).amax(dim=1))
+        expected = (real.mean(dim=(2, 3)) - fake.mean(dim=(2, 3))).pow(2).sum(dim=1)
+        torch.testing.assert_close(pooled.latent_distance(rec), expected)
+        assert torch.all(expected <= cells.flatten(1).amax(dim=1))  # pooling dilutes a local difference
+
+
 def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = pipeline.build_model(tiny_daad_config()).eval()
@@ -115,6 +131,8 @@ def test_training_smoke_writes_a_checkpoint_that_serves_and_evaluates(
     assert losses[-1]["reconstruction"] < losses[0]["reconstruction"]
     model, loaded = pipeline.load_model(out)
     assert isinstance(model, DAAD) and loaded.config == cfg
+    with pytest.raises(ValueError, match="only be chosen for AnoMem"):
+        pipeline.load_model(out, score="svdd")
     # Normal statistics were fitted: not the initial placeholders.
     assert not torch.equal(model.score_stats, torch.tensor([0.0, 1.0, 0.0, 1.0]))
     assert not torch.equal(model.err_std, torch.ones_like(model.err_std))
