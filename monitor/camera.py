@@ -429,44 +429,33 @@ class CameraState:
             frame_hw: the source frame's (height, width); boxes are in its pixels.
         """
         raw = float(score)
-        if not math.isfinite(raw):
-            step = self.tracker.observe(frame_index, capture_ts, None, 0.0, ())
-            return FrameVerdict(
-                camera_id=self.camera_id,
-                frame_index=frame_index,
-                capture_ts=capture_ts,
-                raw_score=raw,
-                score=None,
-                smoothed=None,
-                anomalous=step.alert_id is not None,
-                suppressed=False,
-                regions=(),
-                new_peak=False,
-                alert_id=step.alert_id,
-                events=step.events,
-            )
-
-        normalized = float(self.score_scale.normalize(raw))
+        normalized: float | None = None
+        smoothed: float | None = None
         regions: tuple[Region, ...] = ()
         suppressed = False
-        if anomaly_map is not None:
-            if anomaly_map.ndim != 2:
-                raise ValueError(f"anomaly map must be 2-D, got shape {anomaly_map.shape}")
-            map_hw = (int(anomaly_map.shape[0]), int(anomaly_map.shape[1]))
-            found = localize(
-                anomaly_map,
-                frame_hw,
-                self.map_scale,
-                min_area=self.settings.min_region_area,
-                ignore_mask=self._ignore_mask(map_hw, frame_hw),
-                max_regions=self.settings.max_regions,
-            )
-            regions, suppressed = found.regions, found.suppressed
-        # A frame whose hot area is all ignored or too small is normal as far as alerts go.
-        alert_score = 0.0 if suppressed else normalized
-        self._recent.append(alert_score)
-        smoothed = sum(self._recent) / len(self._recent)
-        step = self.tracker.observe(frame_index, capture_ts, smoothed, alert_score, regions)
+        if not math.isfinite(raw):
+            # No score: the frame breaks a min_frames streak and never opens or extends an alert.
+            step = self.tracker.observe(frame_index, capture_ts, None, 0.0, ())
+        else:
+            normalized = float(self.score_scale.normalize(raw))
+            if anomaly_map is not None:
+                if anomaly_map.ndim != 2:
+                    raise ValueError(f"anomaly map must be 2-D, got shape {anomaly_map.shape}")
+                map_hw = (int(anomaly_map.shape[0]), int(anomaly_map.shape[1]))
+                found = localize(
+                    anomaly_map,
+                    frame_hw,
+                    self.map_scale,
+                    min_area=self.settings.min_region_area,
+                    ignore_mask=self._ignore_mask(map_hw, frame_hw),
+                    max_regions=self.settings.max_regions,
+                )
+                regions, suppressed = found.regions, found.suppressed
+            # A frame whose hot area is all ignored or too small is normal as far as alerts go.
+            alert_score = 0.0 if suppressed else normalized
+            self._recent.append(alert_score)
+            smoothed = sum(self._recent) / len(self._recent)
+            step = self.tracker.observe(frame_index, capture_ts, smoothed, alert_score, regions)
         return FrameVerdict(
             camera_id=self.camera_id,
             frame_index=frame_index,
@@ -477,7 +466,7 @@ class CameraState:
             anomalous=step.alert_id is not None,
             suppressed=suppressed,
             regions=regions,
-            new_peak=step.new_peak,
+            new_peak=step.new_peak and normalized is not None,
             alert_id=step.alert_id,
             events=step.events,
         )

@@ -7,7 +7,6 @@ unless ANOMON_DEBUG=1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -264,58 +263,10 @@ def _service_config(args: argparse.Namespace) -> Any:
     return load_service_config(args.config, {k: v for k, v in flags.items() if v is not None})
 
 
-def serve(
-    cfg: Any, max_idle_seconds: float | None = None, on_ready: Callable[[Any], None] | None = None
-) -> Any:
-    """Open the runtime, start the HTTP endpoint and run the service until SIGTERM/SIGINT."""
-    import logging
-    import signal
-
-    import cv2
-
-    from model.runtime import open_runtime
-    from monitor.kafka_client import create_topics
-    from monitor.metrics import HealthServer
-    from monitor.service import MonitorService
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
-    # The model owns the cores: OpenCV's own thread pool on per-frame resizes only competes with it.
-    cv2.setNumThreads(1)
-    if cfg.model.artifact is None:
-        raise ConfigError("field 'model.artifact': no model given; pass --artifact DIR or set it in --config")
-    runtime = open_runtime(
-        cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=cfg.model.threads
-    )
-    print(f"anomon run: serving {runtime.describe()}", file=sys.stderr)
-    topics = cfg.topics
-    # Output topics get the frames topic's default partitioning; existing topics are left alone.
-    create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
-    service = MonitorService(cfg, runtime)
-    http = None
-    if cfg.http.enabled:
-        http = HealthServer(service.metrics, service.ready, cfg.http.host, cfg.http.port).start()
-        host, port = http.address
-        print(f"anomon run: metrics on http://{host}:{port}/metrics", file=sys.stderr)
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        # Outside the main thread (tests) signals cannot be hooked: the caller sets stop_requested.
-        with contextlib.suppress(ValueError):
-            previous[sig] = signal.signal(sig, lambda *_: service.stop_requested.set())
-    try:
-        service.connect()
-        if on_ready is not None:
-            on_ready(service)
-        return service.run(max_idle_seconds=max_idle_seconds)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if http is not None:
-            http.stop()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _service_config(args)
+    from monitor.service import serve
+
     stats = serve(cfg, max_idle_seconds=args.exit_when_idle)
     print(
         f"anomon run: stopped after {stats.processed} frames scored, {stats.dead_letters} dead letters, "

@@ -108,12 +108,11 @@ def run_demo(
     from model.export import export_artifact
     from model.pipeline import train
     from monitor.broker import EmbeddedBroker
-    from monitor.cli import serve
     from monitor.config import load_service_config
     from monitor.ingest import FramePublisher
     from monitor.kafka_client import KafkaSettings, create_topics, make_producer
     from monitor.replay import find_clips, replay
-    from monitor.service import MonitorService
+    from monitor.service import MonitorService, serve
 
     root = Path(workdir or tempfile.mkdtemp(prefix="anomon-demo-"))
     printer(f"[1/4] generating a street scene in {root}")

@@ -137,6 +137,8 @@ def _camera_id(key: bytes | None) -> str:
 def _known_headers(headers: Sequence[tuple[str, bytes | None]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for name, raw in headers:
+        if "\ufffd" in name:  # how the consumer hands over a name that is not UTF-8 (kafka_client)
+            raise FrameError(Reason.BAD_HEADER, "a header name is not valid UTF-8")
         if name not in _KNOWN_HEADERS:
             continue
         if name in found:

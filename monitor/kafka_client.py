@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.record.default_records import DefaultRecordBatch
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from model.config import ConfigError, read_yaml_mapping
@@ -188,6 +189,45 @@ def make_producer(settings: KafkaSettings, producer: ProducerSettings | None = N
         raise _unavailable(settings, err) from err
 
 
+class _LenientBytes(bytes):
+    """Record bytes whose slices decode text with U+FFFD for invalid UTF-8 instead of raising."""
+
+    def __getitem__(self, index: Any) -> Any:
+        item = bytes.__getitem__(self, index)
+        return _LenientBytes(item) if isinstance(index, slice) else item
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes.decode(self, encoding, "replace")
+
+
+def _tolerate_bad_header_names() -> None:
+    """Make kafka-python hand over a record whose header name is not UTF-8 instead of raising.
+
+    The client decodes header names inside poll(): one such record would fail every poll after it
+    (a poison pill no dead-letter topic can catch). Only a record that fails is parsed again, from a
+    copy of its batch whose text decoding replaces bad bytes with U+FFFD; the frame parser then
+    dead-letters it (`bad-header`) with its key, value and headers.
+    """
+    original = DefaultRecordBatch._read_msg
+    if getattr(original, "anomon_lenient", False):
+        return
+
+    def read_msg(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = self._pos
+        try:
+            return original(self, *args, **kwargs)
+        except UnicodeDecodeError:
+            buffer, self._pos = self._buffer, start
+            self._buffer = _LenientBytes(buffer)
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                self._buffer = buffer
+
+    read_msg.anomon_lenient = True  # type: ignore[attr-defined]
+    DefaultRecordBatch._read_msg = read_msg
+
+
 def make_consumer(
     settings: KafkaSettings, topics: Sequence[str], consumer: ConsumerSettings | None = None
 ) -> KafkaConsumer:
@@ -197,6 +237,7 @@ def make_consumer(
         KafkaUnavailableError: no broker answered within `connect_timeout_ms`.
     """
     tuning = consumer or ConsumerSettings()
+    _tolerate_bad_header_names()
     try:
         return KafkaConsumer(
             *topics, **settings.client_kwargs(), **tuning.model_dump(), enable_auto_commit=False

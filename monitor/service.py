@@ -9,29 +9,36 @@ batch is finished before the next is polled).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import cv2
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from model.config import ConfigError
 from model.data import resize_frame
+from model.runtime import open_runtime
 from model.runtime.base import Runtime
 from monitor import wire
 from monitor.camera import AlertEvent, CameraState
 from monitor.config import ServiceConfig
 from monitor.frames import ConsumedRecord, FrameError, FrameRecord, dead_letter, decode_frame, parse_record
-from monitor.kafka_client import make_consumer, make_producer
+from monitor.kafka_client import create_topics, make_consumer, make_producer
 from monitor.localize import MapScale, Region
-from monitor.metrics import ServiceMetrics
+from monitor.metrics import HealthServer, ServiceMetrics
 from monitor.snapshot import SnapshotError
 
 log = logging.getLogger(__name__)
@@ -597,3 +604,43 @@ class MonitorService:
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(
                     max(0, highwater - self._consumer.position(tp))
                 )
+
+
+def serve(
+    cfg: ServiceConfig, max_idle_seconds: float | None = None, on_ready: Callable[[Any], None] | None = None
+) -> ServiceStats:
+    """Open the runtime, start the HTTP endpoint and run the service until SIGTERM/SIGINT (`anomon run`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
+    # The model owns the cores: OpenCV's own thread pool on per-frame resizes only competes with it.
+    cv2.setNumThreads(1)
+    if cfg.model.artifact is None:
+        raise ConfigError("field 'model.artifact': no model given; pass --artifact DIR or set it in --config")
+    runtime = open_runtime(
+        cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=cfg.model.threads
+    )
+    print(f"anomon run: serving {runtime.describe()}", file=sys.stderr)
+    topics = cfg.topics
+    # Output topics get the frames topic's default partitioning; existing topics are left alone.
+    create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
+    service = MonitorService(cfg, runtime)
+    http = None
+    if cfg.http.enabled:
+        http = HealthServer(service.metrics, service.ready, cfg.http.host, cfg.http.port).start()
+        host, port = http.address
+        print(f"anomon run: metrics on http://{host}:{port}/metrics", file=sys.stderr)
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Outside the main thread (tests) signals cannot be hooked: the caller sets stop_requested.
+        with contextlib.suppress(ValueError):
+            previous[sig] = signal.signal(sig, lambda *_: service.stop_requested.set())
+    try:
+        service.connect()
+        if on_ready is not None:
+            on_ready(service)
+        return service.run(max_idle_seconds=max_idle_seconds)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if http is not None:
+            http.stop()

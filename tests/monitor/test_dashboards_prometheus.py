@@ -20,12 +20,11 @@ import yaml
 
 from model.export import export_artifact
 from monitor.broker import free_port
-from monitor.cli import serve
 from monitor.config import load_service_config
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.replay import find_clips, replay
-from monitor.service import MonitorService, ServiceStats
+from monitor.service import MonitorService, ServiceStats, serve
 from tests.monitor.conftest import TopicFactory
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -400,3 +400,39 @@ def test_bad_records_through_the_service_are_dead_lettered_with_their_reason(
         assert (letter.key, letter.value) == bad[reason][:2]
         assert dict(letter.headers)["anomon-source"].decode().startswith(f"{frames}/0/")
     assert len(_scores(kafka_settings.bootstrap_servers, cfg)) == 3
+
+
+class _RawName(str):
+    """A header name the producer writes as bytes that are not UTF-8 (as a foreign client could)."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"camera-\xff\xfe"
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_not_a_poison_pill(
+    tiny_runtime: Runtime, kafka_settings: KafkaSettings, new_topic: TopicFactory
+) -> None:
+    # kafka-python decodes header names inside poll(): unguarded, this record failed every poll.
+    frames = new_topic(partitions=1)
+    cfg = _service_config(kafka_settings.bootstrap_servers, frames)
+    _output_topics(kafka_settings, cfg)
+    good = encode_jpeg(np.full((48, 64), 100, np.uint8))
+    headers = [("content-type", b"image/jpeg"), ("anomon-schema", b"1"), ("frame-index", b"0")]
+    _produce(kafka_settings, frames, ["cam-1"], 2)
+    producer = make_producer(kafka_settings)
+    try:
+        producer.send(frames, key=b"cam-9", value=good, headers=[*headers, (_RawName("x"), b"v")])
+        producer.flush()
+    finally:
+        producer.close()
+    _produce(kafka_settings, frames, ["cam-1"], 2, start=2)
+    running = _Running(MonitorService(cfg, tiny_runtime))
+    _wait(lambda: running.service.stats.processed + running.service.stats.dead_letters >= 5, 60, "all")
+    stats = running.stop()
+    assert (stats.processed, stats.dead_letters) == (4, 1)
+    (letter,) = _read_all(kafka_settings.bootstrap_servers, cfg.topics.dead_letters)
+    found = dict(letter.headers)
+    assert found["anomon-error"] == b"bad-header"
+    assert found["anomon-error-detail"] == b"a header name is not valid UTF-8"
+    assert (letter.key, letter.value) == (b"cam-9", good)  # the record itself is kept
+    assert sorted(_scores(kafka_settings.bootstrap_servers, cfg)) == [("cam-1", i) for i in range(4)]
