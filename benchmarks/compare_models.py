@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import torch
-from ped2_anomem import _cpu_name, median_fps
+from ped2_anomem import median_fps
+from report import cpu_name
 
 from model.pipeline import load_model
 
@@ -60,7 +61,7 @@ def main() -> int:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    env = {"command": " ".join(["python", *sys.argv]), "machine": _cpu_name(), "threads": args.threads}
+    env = {"command": " ".join(["python", *sys.argv]), "machine": cpu_name(), "threads": args.threads}
     Path(args.out).write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
     return 0
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import environment, write_results
 
 from model.config import load_config
 from model.evaluation import evaluate_path
@@ -128,13 +127,6 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     )
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    return platform.machine()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -166,17 +158,8 @@ def main() -> int:
         rows.append(run_detector_row(workdir / f"{DETECTOR_OF}.safetensors", args.data))
         Path(args.artifact).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(workdir / f"{DETECTOR_OF}.safetensors", args.artifact)
-    env = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": _cpu_name(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(rows, env))
-    print(out.with_suffix(".md").read_text())
+    env = environment()
+    write_results(args.out, env, rows, markdown(rows, env))
     return 0
 
 

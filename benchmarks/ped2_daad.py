@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from ped2_anomem import _cpu_name, median_fps
+from ped2_anomem import median_fps
 from pseudo_validation import pseudo_auroc
+from report import environment, write_results
 
 from model.anomaly_map import topk_mean
 from model.config import ExperimentConfig, load_config
@@ -220,17 +221,8 @@ def main() -> int:
         run(f"block-{b}-no-adversarial", {"model.block_size": b, **NO_ADVERSARIAL})
     Path(args.artifact).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workdir / f"block-{chosen}.safetensors", args.artifact)
-    env = {
-        "command": " ".join(["python", *sys.argv]),
-        "machine": _cpu_name(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(rows, env, f"block-{chosen}"))
-    print(out.with_suffix(".md").read_text())
+    env = environment()
+    write_results(args.out, env, rows, markdown(rows, env, f"block-{chosen}"))
     return 0
 
 
