@@ -41,6 +41,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 CHECKPOINT = ROOT / "benchmarks" / "artifacts" / "anomem_ped2.safetensors"
 PED2 = ROOT.parent / "shared" / "data" / "ucsd_ped2"
 CAMERAS = 4
+PROGRESS_EVERY_S = 30.0
 
 
 FAULTS = "tests/monitor/test_faults.py::"
@@ -356,6 +357,7 @@ def run_phase(
         )
 
     first_processed: float | None = None
+    printed = 0.0
     while True:
         time.sleep(every_s if producer is not None else 0.5)
         m = service.metrics()
@@ -377,6 +379,14 @@ def run_phase(
                 ready=total(m, "anomon_ready"),
             )
         )
+        if now - printed >= PROGRESS_EVERY_S:  # a soak runs for half an hour: say how it goes
+            printed = now
+            last = samples[-1]
+            print(
+                f"{name}: {now:.0f}/{seconds:.0f} s, sent {last.sent}, scored {last.processed:.0f}, "
+                f"dropped {last.dropped:.0f}, lag {last.lag:.0f}, RSS {last.rss_mb:.0f} MB",
+                flush=True,
+            )
         done_producing = producer is None or not producer.is_alive()
         if done_producing and accounted(m) >= sent:
             break
