@@ -76,6 +76,13 @@ TRIED = [
     },
     {
         "kind": "bad input",
+        "what": "a header name that is not UTF-8, between good frames (kafka-python decodes header "
+        "names inside poll(): unguarded, one such record fails every poll after it)",
+        "result": "dead-lettered as bad-header with its key and value; the frames around it scored",
+        "test": FAULTS + "test_a_header_name_that_is_not_utf8_is_dead_lettered_not_a_poison_pill",
+    },
+    {
+        "kind": "bad input",
         "what": "hypothesis: arbitrary keys, headers, values, timestamps; arbitrary and "
         "corrupted image bytes",
         "result": "only FrameError (a dead-letter reason), never a crash",
@@ -480,7 +487,7 @@ def main() -> None:
     data["machine"] = {"cpus": os.cpu_count(), "note": "2 cores shared with other jobs"}
 
     artifact = args.workdir / "export"
-    if not (artifact / "model.onnx").exists():
+    if args.phase:  # exported afresh: a folder left by an earlier run may hold an older checkpoint
         subprocess.run(
             [
                 sys.executable,
