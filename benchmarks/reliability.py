@@ -62,6 +62,13 @@ TRIED = [
     },
     {
         "kind": "fault",
+        "what": "the consumer stops returning records while they wait (a kafka-python stall seen in a "
+        "soak; reproduced by pausing the real consumer's partitions)",
+        "result": "detected after 15 s of silence with lag, consumer replaced, every frame scored, 0 lost",
+        "test": FAULTS + "test_a_consumer_whose_polls_stall_is_replaced_and_loses_nothing",
+    },
+    {
+        "kind": "fault",
         "what": "runtime raises on a batch, again on one frame, returns NaN for two frames",
         "result": "1 inference-failed + 2 invalid-score dead letters, no alert from NaN, the rest scored",
         "test": FAULTS + "test_runtime_failures_are_dead_lettered_by_policy_and_nan_never_alerts",

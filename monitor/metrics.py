@@ -86,6 +86,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.publish_errors = Counter("anomon_publish_errors", "Failed output flushes", registry=r)
+        self.consumer_reconnects = Counter(
+            "anomon_consumer_reconnects",
+            "Consumers replaced after polls returned nothing while records waited",
+            registry=r,
+        )
         self.inference_errors = Counter(
             "anomon_inference_errors",
             "Batches whose inference raised or returned non-finite values",

@@ -48,6 +48,7 @@ BUSY_POLL_MS = 5  # poll slices while the model works: gather the next batch, no
 RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seconds
 BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
 BROKER_CHECK_TIMEOUT_MS = 5000
+STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
 
 
 @dataclass
@@ -164,6 +165,7 @@ class MonitorService:
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="anomon-model")
         self._inflight: InFlight | None = None  # the batch in the model, finished by the next cycle
         self.revocations = 0  # partitions revoked so far: records polled before one are void
+        self._last_records = time.monotonic()  # when a poll last returned records (or the consumer started)
         self._checked = 0.0  # time.monotonic() of the last broker check
         self._rewind_owed = False  # a Kafka error left uncommitted frames behind: seek back first
 
@@ -181,6 +183,10 @@ class MonitorService:
     def connect(self) -> None:
         """Create the producer and the group consumer (subscribed; partitions come with the first polls)."""
         self._producer = make_producer(self.cfg.kafka, self.cfg.producer)
+        self.connect_consumer()
+
+    def connect_consumer(self) -> None:
+        """Create the group consumer, subscribed to the frames topic."""
         self._consumer = make_consumer(self.cfg.kafka, [], self.cfg.consumer)
         self._consumer.subscribe([self.cfg.topics.frames], listener=_Rebalance(self))
 
@@ -312,6 +318,8 @@ class MonitorService:
         if not records and self._inflight is None:
             self._check_brokers()
             return False
+        if records:
+            self._last_records = time.monotonic()
         started = time.perf_counter()
         submitted = None
         if records:
@@ -374,8 +382,33 @@ class MonitorService:
             return
         self._checked = now
         ends = self._consumer.end_offsets(list(self.assigned), timeout_ms=BROKER_CHECK_TIMEOUT_MS)
+        waiting = 0
         for tp, end in ends.items():
-            self.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, end - self._consumer.position(tp)))
+            lag = max(0, end - self._consumer.position(tp))
+            self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
+            waiting += lag
+        if waiting and now - self._last_records > STALL_SECONDS:
+            self._reconnect_consumer(waiting, now - self._last_records)
+
+    def _reconnect_consumer(self, waiting: int, quiet_s: float) -> None:
+        """Replace a consumer whose polls return nothing while records wait (a client-side stall).
+
+        Seen once in a 30-minute soak with kafka-python 3.0.12: positions stopped moving, no error,
+        the lag grew. A fresh consumer rejoins the group and resumes from the committed offsets;
+        everything polled before was committed, so nothing is skipped or lost.
+        """
+        assert self._consumer is not None
+        log.warning(
+            "consumer stalled: %d records waiting but no poll returned any for %.0f s; reconnecting",
+            waiting,
+            quiet_s,
+        )
+        self.metrics.consumer_reconnects.inc()
+        self.release(set(self.assigned))  # as in a rebalance: the partitions may move
+        stalled, self._consumer = self._consumer, None
+        stalled.close(autocommit=False)
+        self.connect_consumer()
+        self._last_records = time.monotonic()
 
     def _intake(self, records: list[Any]) -> list[Frame]:
         """Parse (bad records to the DLQ), drop stale frames in live mode, decode in the pool."""

@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from model.runtime import open_runtime
 from model.runtime.base import Runtime
+from monitor import service as service_module
 from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import ServiceConfig, load_service_config
 from monitor.ingest import FramePublisher, encode_jpeg
@@ -347,6 +348,36 @@ def test_rebalance_under_load_loses_nothing_and_bounds_duplicates(
     assert first.service.stats.processed < sent and b.processed > 0, "both instances scored frames"
     # Redone after the move: at most one uncommitted micro-batch per instance.
     assert sum(scores.values()) - len(scores) <= 2 * cfg.batching.max_batch
+
+
+def test_a_consumer_whose_polls_stall_is_replaced_and_loses_nothing(
+    tiny_runtime: Runtime,
+    kafka_settings: KafkaSettings,
+    new_topic: TopicFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "STALL_SECONDS", 1.0)
+    frames = new_topic(partitions=2)
+    cfg = _service_config(kafka_settings.bootstrap_servers, frames)
+    _output_topics(kafka_settings, cfg)
+    cameras = ["stall-1", "stall-2"]
+    sent = _produce(kafka_settings, frames, cameras, 10)
+    running = _Running(MonitorService(cfg, tiny_runtime))
+    service = running.service
+    _wait(lambda: service.stats.processed >= sent, 60, "the first frames scored")
+    # The client-side stall seen in a soak (polls return nothing, positions stop, no error): a
+    # consumer whose partitions are paused behaves the same from the outside.
+    stalled = service._consumer
+    assert stalled is not None
+    stalled.pause(*service.assigned)
+    sent += _produce(kafka_settings, frames, cameras, 10, start=10)
+    _wait(lambda: service.stats.processed >= sent, 60, "the frames after the stall scored")
+    running.stop()
+    assert service._consumer is not stalled
+    assert service.metrics.consumer_reconnects._value.get() >= 1
+    scores = _scores(kafka_settings.bootstrap_servers, cfg)
+    assert set(scores) == {(c, i) for c in cameras for i in range(20)}
+    assert _dead_letters(kafka_settings.bootstrap_servers, cfg) == {}
 
 
 def _png_header(width: int, height: int) -> bytes:
