@@ -426,6 +426,7 @@ def run_phase(
         errors={
             "publish_errors": total(final, "anomon_publish_errors_total"),
             "inference_errors": total(final, "anomon_inference_errors_total"),
+            "consumer_reconnects": total(final, "anomon_consumer_reconnects_total"),
             "exit_code": code,
         },
         samples=samples,
@@ -447,8 +448,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines = ["# Reliability on this CPU", "", f"`{data.get('command', '')}`", ""]
     lines += [
         "| phase | mode | rate fps | seconds | sent | scored | dup | DLQ | dropped | lost | e2e p50 ms |"
-        " e2e p99 ms | RSS growth % | max lag |",
-        "|" + "---|" * 14,
+        " e2e p99 ms | RSS growth % | max lag | errors |",
+        "|" + "---|" * 15,
     ]
     for name in ("capacity", "overload", "soak"):
         p = data.get("phases", {}).get(name)
@@ -460,7 +461,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"{a['scored_unique']} | "
             f"{a['scored_duplicates']} | {a['dead_lettered']} | {a['dropped']} | {a['lost']} | "
             f"{p['end_to_end_ms'].get('p50', '')} | {p['end_to_end_ms'].get('p99', '')} | "
-            f"{p['rss_mb'].get('growth_pct', '')} | {p['lag_max_after_warmup']} |"
+            f"{p['rss_mb'].get('growth_pct', '')} | {p['lag_max_after_warmup']} | "
+            + ", ".join(f"{k} {v:g}" for k, v in p["errors"].items() if v)
+            + " |"
         )
     lines += [f"\n{note}" for note in data.get("notes", [])]
     lines += ["", "| tried | what | result |", "|---|---|---|"]
