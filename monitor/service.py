@@ -10,6 +10,7 @@ batch is finished before the next is polled).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import signal
 import sys
@@ -49,6 +50,15 @@ RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seco
 BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
 BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
+TRIM_SECONDS = 30.0  # how often freed heap pages are handed back to the OS (glibc malloc_trim)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (musl, macOS)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 @dataclass
@@ -166,6 +176,11 @@ class MonitorService:
         self._inflight: InFlight | None = None  # the batch in the model, finished by the next cycle
         self.revocations = 0  # partitions revoked so far: records polled before one are void
         self._last_records = time.monotonic()  # when a poll last returned records (or the consumer started)
+        # Frames, batches and messages are allocated and freed on different threads at a high rate:
+        # glibc keeps the freed pages inside the heap (RSS crept up 15-20% in a 30-minute soak) unless
+        # asked to return them, which takes a few milliseconds every TRIM_SECONDS.
+        self._trim = _malloc_trim()
+        self._trimmed = time.monotonic()
         self._checked = 0.0  # time.monotonic() of the last broker check
         self._rewind_owed = False  # a Kafka error left uncommitted frames behind: seek back first
 
@@ -333,6 +348,9 @@ class MonitorService:
         if not self.cfg.batching.overlap:
             self._drain()
         self._update_lag()
+        if self._trim is not None and time.monotonic() - self._trimmed > TRIM_SECONDS:
+            self._trim(0)
+            self._trimmed = time.monotonic()
         self.metrics.busy_seconds.inc(time.perf_counter() - started)
         return True
 
