@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from monitor.broker import EmbeddedBroker, free_port  # noqa: E402
 from monitor.ingest import FramePublisher, encode_jpeg  # noqa: E402
-from monitor.kafka_client import KafkaSettings, create_topics, make_producer  # noqa: E402
+from monitor.kafka_client import KafkaSettings, ProducerSettings, create_topics, make_producer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CHECKPOINT = ROOT / "benchmarks" / "artifacts" / "anomem_ped2.safetensors"
@@ -169,10 +169,8 @@ def ped2_frames(limit: int = 400, quality: int = FRAME_JPEG_QUALITY) -> list[byt
     """The first Ped2 test frames (240x360) as JPEG payloads at `quality`.
 
     Re-encoded smaller (6.7 KB at 50 instead of 24 KB) because the embedded broker keeps every record
-    in memory and slows down as it grows: fetching the last 400 records of one partition took 76 ms
-    with 2000 records of 24 KB and 168 ms with 32000; two 30-minute soaks at 83 and 61 frames/s with
-    the original frames starved the service after about 15 minutes (broker at 2.4 GB, half a core),
-    which measured the broker, not the service. Decoding and resizing stay the same work per frame.
+    in memory: 30 minutes at 70 frames/s is 126000 frames, 0.8 GB at 6.7 KB and 3 GB at 24 KB.
+    Decoding and resizing stay the same work per frame.
     """
     files = sorted((PED2 / "test").glob("*/*.jpg"))[:limit]
     if not files:
@@ -347,13 +345,18 @@ def run_phase(
     preload: int = 0,
     warmup_s: float = 0.0,
     every_s: float = 5.0,
+    linger_ms: int = 5,
 ) -> PhaseResult:
-    """Start a service, produce at `rate` (or preload frames and run flat out), sample, account."""
+    """Start a service, produce at `rate` (or preload frames and run flat out), sample, account.
+
+    `linger_ms`: how long the cameras' producer gathers frames into one record batch per partition.
+    """
     settings = KafkaSettings(bootstrap_servers=bootstrap)
     topic = f"rel.{name}.{int(time.time())}"
     create_topics(settings, {topic: CAMERAS})
     payloads = ped2_frames()
-    publisher = FramePublisher(make_producer(settings), topic)
+    tuning = ProducerSettings(linger_ms=linger_ms, batch_size=1 << 20)
+    publisher = FramePublisher(make_producer(settings, tuning), topic)
     if preload:
         for i in range(preload):
             publisher.send(
@@ -572,6 +575,11 @@ def main() -> None:
                 args.soak_minutes * 60,
                 warmup_s=120,
                 every_s=10,
+                # The embedded broker lists every stored batch of a partition on each fetch (no
+                # index, no retention): one batch per frame, 30 minutes at 70 frames/s were more
+                # than it could list within a fetch wait after about 12 minutes. Cameras batching
+                # half a second of frames store 8 batches a second instead of 70.
+                linger_ms=500,
             )
             data["phases"]["soak"] = asdict(result)
             save()

@@ -2,6 +2,13 @@
 
 Storage is memory only: a stopped broker forgets everything. Use Apache Kafka in production.
 
+It is also not made for long runs: Tansu 0.6's memory store keeps one object per record batch,
+never deletes any (no retention) and has no offset index, so every fetch that finds data lists every
+stored batch of the partition. Its CPU grows with the batches it holds (about 2/3 of a core at 30000
+single-record batches fetched ~70 times a second) and once a listing takes longer than the consumer's
+fetch wait (20 ms here, at about 50000 batches) its fetches come back empty. Producers that batch
+(`linger_ms` with a `batch_size` above the record size) keep the object count down.
+
     with EmbeddedBroker() as broker:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
 """

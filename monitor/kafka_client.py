@@ -133,6 +133,7 @@ class ProducerSettings(BaseModel):
 
     acks: Literal["all", 0, 1] = "all"
     linger_ms: int = Field(5, ge=0, le=1000)
+    batch_size: int = Field(16384, ge=0, description="bytes batched per partition before a send")
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     max_request_size: int = Field(_MAX_RECORD_BYTES, ge=1024)
     max_block_ms: int = Field(10_000, ge=0, description="how long send() may wait for metadata or buffer")

@@ -51,6 +51,7 @@ RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seco
 BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
 BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
+STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
 
 
@@ -177,6 +178,7 @@ class MonitorService:
         self._inflight: InFlight | None = None  # the batch in the model, finished by the next cycle
         self.revocations = 0  # partitions revoked so far: records polled before one are void
         self._last_records = time.monotonic()  # when a poll last returned records (or the consumer started)
+        self._stall_after = STALL_SECONDS  # grows while reconnects do not bring records back
         # kafka-python raises and catches a KafkaTimeoutError inside every poll that waits in vain; its
         # traceback holds the caller's frames (this cycle's records and decoded frames) in a reference
         # cycle that only a full collection frees. Left to Python's rare full collections, RSS swung
@@ -339,6 +341,7 @@ class MonitorService:
             return False
         if records:
             self._last_records = time.monotonic()
+            self._stall_after = STALL_SECONDS
         started = time.perf_counter()
         submitted = None
         if records:
@@ -411,21 +414,28 @@ class MonitorService:
             lag = max(0, end - self._consumer.position(tp))
             self.metrics.consumer_lag.labels(str(tp.partition)).set(lag)
             waiting += lag
-        if waiting and now - self._last_records > STALL_SECONDS:
+        if waiting and now - self._last_records > self._stall_after:
             self._reconnect_consumer(waiting, now - self._last_records)
 
     def _reconnect_consumer(self, waiting: int, quiet_s: float) -> None:
         """Replace a consumer whose polls return nothing while records wait (a client-side stall).
 
-        Seen once in a 30-minute soak with kafka-python 3.0.12: positions stopped moving, no error,
-        the lag grew. A fresh consumer rejoins the group and resumes from the committed offsets;
-        everything polled before was committed, so nothing is skipped or lost.
+        Seen in 30-minute soaks: positions stopped moving, no error, the lag grew. A fresh consumer
+        rejoins the group and resumes from the committed offsets; everything polled before was
+        committed, so nothing is skipped or lost. When the broker itself serves no records (the
+        embedded broker's fetches come back empty once it holds about 50000 record batches, see
+        monitor/broker.py), reconnecting cannot help: each reconnect that brings no records doubles
+        the silence tolerated before the next, up to STALL_MAX_SECONDS.
         """
         assert self._consumer is not None
+        # A stuck broker is not cured by reconnecting: back off until records come again.
+        self._stall_after = min(STALL_MAX_SECONDS, max(STALL_SECONDS, 2 * quiet_s))
         log.warning(
-            "consumer stalled: %d records waiting but no poll returned any for %.0f s; reconnecting",
+            "consumer stalled: %d records waiting but no poll returned any for %.0f s; reconnecting "
+            "(next check after %.0f s without records)",
             waiting,
             quiet_s,
+            self._stall_after,
         )
         self.metrics.consumer_reconnects.inc()
         self.release(set(self.assigned))  # as in a rebalance: the partitions may move

@@ -380,6 +380,48 @@ def test_a_consumer_whose_polls_stall_is_replaced_and_loses_nothing(
     assert _dead_letters(kafka_settings.bootstrap_servers, cfg) == {}
 
 
+def test_reconnects_back_off_while_the_consumer_stays_stuck_and_reset_once_records_flow(
+    tiny_runtime: Runtime,
+    kafka_settings: KafkaSettings,
+    new_topic: TopicFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(service_module, "STALL_SECONDS", 1.0)
+    stuck = threading.Event()
+    stuck.set()
+    assigned = service_module._Rebalance.on_partitions_assigned
+
+    def assign_stuck(listener: Any, partitions: set[TopicPartition]) -> None:
+        assigned(listener, partitions)
+        if stuck.is_set():  # as a broker that answers but serves no records: every consumer is stuck
+            listener.service._consumer.pause(*partitions)
+
+    monkeypatch.setattr(service_module._Rebalance, "on_partitions_assigned", assign_stuck)
+    frames = new_topic(partitions=1)
+    cfg = _service_config(kafka_settings.bootstrap_servers, frames)
+    _output_topics(kafka_settings, cfg)
+    sent = _produce(kafka_settings, frames, ["stuck-1"], 5)
+    running = _Running(MonitorService(cfg, tiny_runtime))
+    service = running.service
+    reconnects: list[float] = []
+    reconnect = service._reconnect_consumer
+
+    def timed(waiting: int, quiet_s: float) -> None:
+        reconnects.append(time.monotonic())
+        reconnect(waiting, quiet_s)
+
+    monkeypatch.setattr(service, "_reconnect_consumer", timed)
+    _wait(lambda: len(reconnects) >= 3, 60, "three reconnects of a stuck consumer")
+    stuck.clear()  # the consumer made by the third reconnect is not stuck
+    _wait(lambda: service.stats.processed >= sent, 60, "the frames scored once records flow")
+    running.stop()
+    first, second = reconnects[1] - reconnects[0], reconnects[2] - reconnects[1]
+    # Each reconnect waits twice the silence that led to the one before (about 1 s, then 2, 4...).
+    assert second > 2 * first * 0.95, (first, second)
+    assert service._stall_after == service_module.STALL_SECONDS, "reset once records came"
+    assert set(_scores(kafka_settings.bootstrap_servers, cfg)) == {("stuck-1", i) for i in range(5)}
+
+
 def _png_header(width: int, height: int) -> bytes:
     """The first bytes of a PNG that claims width x height (an 8-bit grey image): a decompression bomb."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
