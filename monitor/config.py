@@ -34,6 +34,13 @@ class ModelSettings(_Section):
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     device: str | None = Field(None, description="cpu or cuda[:N]; default: a GPU when present")
     threads: int | None = Field(None, ge=1, description="CPU inference threads")
+    io_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="added to the nice value of the service's other threads (Kafka, decoding, "
+        "publishing) so that on a busy CPU the inference threads run first (Linux)",
+    )
 
 
 class BatchingSettings(_Section):

@@ -12,19 +12,21 @@ from model.runtime.base import Runtime
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Per-batch latency percentiles and the frame rate they imply."""
+    """Per-batch latency percentiles and the frame rates they imply."""
 
     batch: int
     calls: int
     p50_ms: float
     p99_ms: float
-    fps: float  # batch / median latency
+    fps: float  # batch / median latency: the typical call's rate
+    throughput_fps: float  # frames of all calls / their total time: what a stream of calls sustains
 
     @classmethod
     def from_seconds(cls, batch: int, seconds: list[float]) -> LatencyStats:
         ms = np.asarray(seconds) * 1e3
         p50 = float(np.percentile(ms, 50))
-        return cls(batch, len(ms), p50, float(np.percentile(ms, 99)), batch * 1e3 / p50)
+        throughput = batch * len(ms) * 1e3 / float(ms.sum())
+        return cls(batch, len(ms), p50, float(np.percentile(ms, 99)), batch * 1e3 / p50, throughput)
 
 
 def time_calls(runtime: Runtime, frames: np.ndarray, calls: int) -> list[float]:
