@@ -64,10 +64,17 @@ TRIED = [
     },
     {
         "kind": "fault",
-        "what": "the consumer stops returning records while they wait (a kafka-python stall seen in a "
-        "soak; reproduced by pausing the real consumer's partitions)",
+        "what": "the consumer stops returning records while they wait (as seen in soaks; reproduced by "
+        "pausing the real consumer's partitions)",
         "result": "detected after 15 s of silence with lag, consumer replaced, every frame scored, 0 lost",
         "test": FAULTS + "test_a_consumer_whose_polls_stall_is_replaced_and_loses_nothing",
+    },
+    {
+        "kind": "fault",
+        "what": "every new consumer stuck too (a broker that answers but serves no records)",
+        "result": "each reconnect waits twice the silence before it (no churn); once records flow, the "
+        "wait is back to 15 s and every frame is scored",
+        "test": FAULTS + "test_reconnects_back_off_while_stuck_and_reset_when_records_flow",
     },
     {
         "kind": "fault",

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from monitor.broker import EmbeddedBroker
 from monitor.config import ServiceConfig, load_service_config
-from monitor.kafka_client import KafkaSettings, create_topics
+from monitor.kafka_client import KafkaSettings, create_topics, make_producer
 from monitor.metrics import HealthServer
 from monitor.service import MonitorService
 from monitor.wire import ScoreMessage, decode, load_schema
@@ -198,6 +198,19 @@ class ServiceThread:
             self.stop()
         finally:
             self.http.stop()
+
+
+def send_records(
+    settings: KafkaSettings, topic: str, records: Iterable[tuple[bytes, bytes, list[tuple[Any, bytes]]]]
+) -> None:
+    """Send raw (key, value, headers) records, as a misbehaving producer would, and wait for them."""
+    producer = make_producer(settings)
+    try:
+        for key, value, headers in records:
+            producer.send(topic, key=key, value=value, headers=headers)
+        producer.flush()
+    finally:
+        producer.close()
 
 
 def decode_scores(records: list[Any]) -> list[ScoreMessage]:

@@ -31,7 +31,7 @@ from monitor.config import ServiceConfig, load_service_config
 from monitor.ingest import FramePublisher, encode_jpeg
 from monitor.kafka_client import KafkaSettings, create_topics, make_producer
 from monitor.service import MonitorService
-from tests.monitor.conftest import RecordReader, TopicFactory
+from tests.monitor.conftest import RecordReader, TopicFactory, send_records
 
 
 class TcpProxy:
@@ -380,7 +380,7 @@ def test_a_consumer_whose_polls_stall_is_replaced_and_loses_nothing(
     assert _dead_letters(kafka_settings.bootstrap_servers, cfg) == {}
 
 
-def test_reconnects_back_off_while_the_consumer_stays_stuck_and_reset_once_records_flow(
+def test_reconnects_back_off_while_stuck_and_reset_when_records_flow(
     tiny_runtime: Runtime,
     kafka_settings: KafkaSettings,
     new_topic: TopicFactory,
@@ -450,13 +450,7 @@ def test_bad_records_through_the_service_are_dead_lettered_with_their_reason(
         "undecodable": (b"cam-1", good[:40], jpeg),
         "empty": (b"cam-1", b"", jpeg),
     }
-    producer = make_producer(kafka_settings)
-    try:
-        for key, value, headers in bad.values():
-            producer.send(frames, key=key, value=value, headers=headers)
-        producer.flush()
-    finally:
-        producer.close()
+    send_records(kafka_settings, frames, bad.values())
     _produce(kafka_settings, frames, ["cam-2"], 3)  # good frames after the bad ones still get scored
     running = _Running(MonitorService(cfg, tiny_runtime))
     _wait(
@@ -492,12 +486,7 @@ def test_a_header_name_that_is_not_utf8_is_dead_lettered_not_a_poison_pill(
     good = encode_jpeg(np.full((48, 64), 100, np.uint8))
     headers = [("content-type", b"image/jpeg"), ("anomon-schema", b"1"), ("frame-index", b"0")]
     _produce(kafka_settings, frames, ["cam-1"], 2)
-    producer = make_producer(kafka_settings)
-    try:
-        producer.send(frames, key=b"cam-9", value=good, headers=[*headers, (_RawName("x"), b"v")])
-        producer.flush()
-    finally:
-        producer.close()
+    send_records(kafka_settings, frames, [(b"cam-9", good, [*headers, (_RawName("x"), b"v")])])
     _produce(kafka_settings, frames, ["cam-1"], 2, start=2)
     running = _Running(MonitorService(cfg, tiny_runtime))
     _wait(lambda: running.service.stats.processed + running.service.stats.dead_letters >= 5, 60, "all")
