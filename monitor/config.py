@@ -33,7 +33,14 @@ class ModelSettings(_Section):
     artifact: Path | None = Field(None, description="exported folder (anomon export) or checkpoint file")
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     device: str | None = Field(None, description="cpu or cuda[:N]; default: a GPU when present")
-    threads: int | None = Field(None, ge=1, description="CPU inference threads")
+    threads: int | None = Field(None, ge=1, description="CPU inference threads (per worker)")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="batches scored at once, each on its own thread (onnxruntime and torch); on a CPU, "
+        "2 workers of 1 thread keep both cores busier than 1 worker of 2 threads",
+    )
     io_nice: int = Field(
         0,
         ge=0,

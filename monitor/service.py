@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seco
 BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
 BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
+CONCURRENT_BACKENDS = ("onnxruntime", "torch")  # runtimes whose calls may run on several threads at once
 STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
 
@@ -174,9 +176,17 @@ class MonitorService:
         self._pending: list[Any] = []  # send futures of this cycle
         self._end_to_end: list[float] = []  # capture times of this cycle's scores, observed once flushed
         self._pool = ThreadPoolExecutor(cfg.intake.decode_workers, thread_name_prefix="anomon-decode")
-        # Every runtime call happens on this one thread (a GPU runtime keeps its context and stream).
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="anomon-model")
-        self._inflight: InFlight | None = None  # the batch in the model, finished by the next cycle
+        self._workers = cfg.model.workers
+        if self._workers > 1 and runtime.backend not in CONCURRENT_BACKENDS:
+            raise ConfigError(
+                f"field 'model.workers': {self._workers} needs a runtime that scores batches concurrently "
+                f"({', '.join(CONCURRENT_BACKENDS)}), not {runtime.backend}; set it to 1"
+            )
+        # The model threads: every runtime call runs on one of them, never on the main loop (with one
+        # worker, the default, always the same thread: a GPU runtime keeps its context and stream).
+        self._model_thread = ThreadPoolExecutor(self._workers, thread_name_prefix="anomon-model")
+        # Batches in the models, oldest first, finished (published, committed) in that order.
+        self._inflight: deque[InFlight] = deque()
         self.revocations = 0  # partitions revoked so far: records polled before one are void
         self._last_records = time.monotonic()  # when a poll last returned records (or the consumer started)
         self._stall_after = STALL_SECONDS  # grows while reconnects do not bring records back
@@ -223,7 +233,11 @@ class MonitorService:
         if not sys.platform.startswith("linux"):
             log.warning("model.io_nice is ignored on %s (per-thread priorities are Linux only)", sys.platform)
             return
-        self._model_thread.submit(lambda: None).result()
+        started = threading.Barrier(self._workers + 1)  # every model thread exists before this one drops
+        waits = [self._model_thread.submit(started.wait) for _ in range(self._workers)]
+        started.wait()
+        for wait in waits:
+            wait.result()
         tid = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
         self._io_niced = True
@@ -285,21 +299,22 @@ class MonitorService:
         self._rewind_owed = False
 
     def _discard_inflight(self) -> None:
-        """Forget the batch in the model (its frames are redone from the committed offsets)."""
-        if self._inflight is not None and self._inflight.inference is not None:
-            self._inflight.inference.result()  # the model thread is idle again before anything else runs
-        self._inflight = None
+        """Forget the batches in the models (their frames are redone from the committed offsets)."""
+        while self._inflight:
+            inference = self._inflight.popleft().inference
+            if inference is not None:
+                inference.result()  # the model threads are idle again before anything else runs
 
     def _drain(self) -> None:
-        """Finish the batch in the model: publish, flush, commit (a Kafka error leaves it to a rewind)."""
+        """Finish the batches in the models, oldest first: publish, flush, commit (a Kafka error leaves
+        them to a rewind)."""
         if self._rewind_owed:
-            # An earlier batch failed and is not committed: committing this later one would skip it.
+            # An earlier batch failed and is not committed: committing a later one would skip it.
             self._discard_inflight()
             return
-        inflight, self._inflight = self._inflight, None
-        if inflight is not None:
+        while self._inflight:
             try:
-                self._finish(inflight)
+                self._finish(self._inflight.popleft())
             except KafkaError:
                 self._rewind_owed = True
                 raise
@@ -356,24 +371,26 @@ class MonitorService:
         before it. False when nothing came and nothing was in flight."""
         if self._rewind_owed:
             self._rewind()
-        busy = self._inflight.inference if self._inflight is not None else None
+        # Every model busy: gather the next batch until the oldest is done.
+        busy = self._inflight[0].inference if len(self._inflight) >= self._workers else None
         records = self._poll_batch(busy)
-        if not records and self._inflight is None:
+        if not records and not self._inflight:
             self._check_brokers()
             return False
         if records:
             self._last_records = time.monotonic()
             self._stall_after = STALL_SECONDS
         started = time.perf_counter()
-        submitted = None
         if records:
             self.stats.cycles += 1
             frames = self._intake(records)
             inference = self._model_thread.submit(self._run_model, frames) if frames else None
-            submitted = InFlight(records, inference)
-        previous, self._inflight = self._inflight, submitted
-        if previous is not None:
-            self._finish(previous)
+            self._inflight.append(InFlight(records, inference))
+            # The oldest batch is finished once more are in flight than there are models...
+            while len(self._inflight) > self._workers:
+                self._finish(self._inflight.popleft())
+        else:  # ... or when nothing new came (the stream went quiet).
+            self._finish(self._inflight.popleft())
         if not self.cfg.batching.overlap:
             self._drain()
         self._update_lag()

@@ -294,3 +294,49 @@ def test_io_nice_lowers_the_kafka_and_decode_threads_but_not_the_model_thread(
         service.stop_requested.set()
         worker.join(30)
         running.http.stop()
+
+
+def test_two_model_workers_score_every_frame_once_in_order_with_the_same_scores(
+    tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory, read_records: RecordReader
+) -> None:
+    rng = np.random.default_rng(7)
+    images = [cv2.imencode(".jpg", rng.integers(0, 256, (48, 64), np.uint8))[1].tobytes() for _ in range(30)]
+    cameras = ["w-1", "w-2", "w-3"]
+    scores: dict[int, list[tuple[str, int, float]]] = {}
+    for workers in (1, 2):
+        topics = service_topics(3)
+        cfg = service_config(
+            kafka_bootstrap, topics, tiny_artifact, **{"model.workers": workers, "batching.max_batch": 4}
+        )
+        producer = make_producer(KafkaSettings(bootstrap_servers=kafka_bootstrap))
+        publisher = FramePublisher(producer, topics.frames)
+        for i, image in enumerate(images):
+            for camera in cameras:
+                publisher.send(camera, image, "image/jpeg", i, 1_000_000_000 + i)
+        publisher.flush()
+        producer.close()
+        with ServiceThread(cfg) as running:
+            running.start()
+            records = read_records(topics.scores, len(images) * len(cameras), timeout_s=60)
+        scores[workers] = [(m.camera_id, m.frame_index, m.raw_score) for m in decode_scores(records)]
+    one, two = scores[1], scores[2]
+    assert len(two) == len(images) * len(cameras)
+    for camera in cameras:  # published in each camera's frame order, every frame once
+        assert [i for c, i, _ in two if c == camera] == list(range(len(images)))
+    # Batches were not mixed up between the workers: each frame has the score a single worker gives.
+    by_frame = {(c, i): s for c, i, s in one}
+    assert all(abs(s - by_frame[(c, i)]) < 1e-5 for c, i, s in two)
+
+
+def test_model_workers_need_a_runtime_that_runs_them_concurrently(
+    tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory
+) -> None:
+    from model.config import ConfigError
+    from model.runtime import open_runtime
+    from monitor.service import MonitorService
+
+    cfg = service_config(kafka_bootstrap, service_topics(1), tiny_artifact, **{"model.workers": 2})
+    runtime = open_runtime(tiny_artifact, "onnxruntime", threads=1)
+    runtime.backend = "tensorrt"  # what a TensorRT engine reports: one execution context, one thread
+    with pytest.raises(ConfigError, match="model.workers"):
+        MonitorService(cfg, runtime)
