@@ -43,16 +43,22 @@ from tqdm import tqdm
 
 from model.export import export_artifact
 from model.runtime import open_runtime
-from model.runtime.bench import measure
+from model.runtime.bench import measure, measure_concurrent
 from monitor.broker import EmbeddedBroker
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, create_topics, make_producer
 from monitor.replay import find_clips, replay
 from monitor.wire import ScoreMessage, decode
 
-# Side by side in every round: the default service, the same without overlap, and with the service's
-# other threads niced below the model's (model.io_nice).
-SATURATED_KINDS = (("saturated", True, 0), ("saturated-serial", False, 0), ("saturated-io-nice", True, 10))
+# Side by side in every round (kind, overlap, io_nice, workers): the default service, the same without
+# overlap, with the service's other threads niced below the model's (model.io_nice), and with two
+# model workers of one thread each instead of one worker of --threads threads (model.workers).
+SATURATED_KINDS = (
+    ("saturated", True, 0, 1),
+    ("saturated-serial", False, 0, 1),
+    ("saturated-io-nice", True, 10, 1),
+    ("saturated-2-workers", True, 0, 2),
+)
 MODEL_CALLS = 40  # model-only calls timed before and after each round
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parents[1]
@@ -254,7 +260,7 @@ def main() -> None:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="anomon-bench")
 
         def config(
-            name: str, partitions: int, mode: str, overlap: bool = True, io_nice: int = 0
+            name: str, partitions: int, mode: str, overlap: bool = True, io_nice: int = 0, workers: int = 1
         ) -> dict[str, Any]:
             topics = {k: f"bench.{name}.{k}" for k in ("frames", "scores", "alerts", "dead_letters")}
             create_topics(settings, {topics["frames"]: partitions, topics["scores"]: 1})
@@ -265,7 +271,8 @@ def main() -> None:
                 "model": {
                     "artifact": str(artifact),
                     "backend": "onnxruntime",
-                    "threads": args.threads,
+                    "threads": args.threads if workers == 1 else 1,
+                    "workers": workers,
                     "io_nice": io_nice,
                 },
                 "intake": {"mode": mode},
@@ -296,12 +303,19 @@ def main() -> None:
         # This machine's speed drifts by tens of percent within minutes, so each round times the model
         # alone just before and after its two service runs, and the ratios quoted are round medians.
         runtime = open_runtime(artifact, "onnxruntime", threads=args.threads)
-        before = measure(runtime, args.max_batch, calls=MODEL_CALLS)
-        model_only.append(asdict(before) | {"when": "round 1 before"})
+        single = open_runtime(artifact, "onnxruntime", threads=1)
+
+        def model_alone(when: str) -> dict[str, Any]:
+            """The model alone as each service kind runs it: one worker, and two of one thread each."""
+            two = measure_concurrent(single, args.max_batch, workers=2, calls=MODEL_CALLS // 2)
+            one = measure(runtime, args.max_batch, calls=MODEL_CALLS)
+            return asdict(one) | {"when": when, "two_workers": asdict(two)}
+
+        model_only.append(model_alone("round 1 before"))
         for round_no in range(1, args.rounds + 1):
-            for kind, overlap, io_nice in SATURATED_KINDS:
+            for kind, overlap, io_nice, workers in SATURATED_KINDS:
                 name = f"{kind}#{round_no}"
-                cfg = config(name.replace("#", "-"), 2, "replay", overlap, io_nice)
+                cfg = config(name.replace("#", "-"), 2, "replay", overlap, io_nice, workers)
                 producer = make_producer(settings)
                 preload = replay(
                     find_clips(args.data, args.saturation_clips),
@@ -318,18 +332,19 @@ def main() -> None:
                 service.stop()
                 mode = "replay (pre-loaded)" + ("" if overlap else ", no overlap")
                 mode += f", io_nice {io_nice}" if io_nice else ""
+                mode += f", {workers} workers x 1 thread" if workers > 1 else ""
                 rows.append(_row(name, 2, mode, len(preload.sent), float("nan"), reader, metrics))
                 print(rows[-1])
-            model_only.append(
-                asdict(measure(runtime, args.max_batch, calls=MODEL_CALLS))
-                | {"when": f"round {round_no} after"}
-            )
+            model_only.append(model_alone(f"round {round_no} after"))
 
     rounds = []
     for round_no in range(1, args.rounds + 1):
         around = model_only[round_no - 1], model_only[round_no]
         model_fps = (around[0]["throughput_fps"] + around[1]["throughput_fps"]) / 2
         median_call_fps = (around[0]["fps"] + around[1]["fps"]) / 2
+        two_fps = (
+            around[0]["two_workers"]["throughput_fps"] + around[1]["two_workers"]["throughput_fps"]
+        ) / 2
         by_kind = {r.scenario.split("#")[0]: r for r in rows if r.scenario.endswith(f"#{round_no}")}
         rounds.append(
             {
@@ -340,6 +355,9 @@ def main() -> None:
                 "ratio_vs_median_call": by_kind["saturated"].processed_fps / median_call_fps,
                 "ratio_serial": by_kind["saturated-serial"].processed_fps / model_fps,
                 "ratio_io_nice": by_kind["saturated-io-nice"].processed_fps / model_fps,
+                "model_only_two_workers_fps": two_fps,
+                "ratio_two_workers": by_kind["saturated-2-workers"].processed_fps / two_fps,
+                "two_workers_vs_one_worker_model": by_kind["saturated-2-workers"].processed_fps / model_fps,
                 "inference_share": by_kind["saturated"].inference_share,
             }
         )
@@ -369,6 +387,10 @@ def main() -> None:
         "saturation_ratio_vs_median_call": float(np.median([r["ratio_vs_median_call"] for r in rounds])),
         "saturation_ratio_serial": float(np.median([r["ratio_serial"] for r in rounds])),
         "saturation_ratio_io_nice": float(np.median([r["ratio_io_nice"] for r in rounds])),
+        "saturation_ratio_two_workers": float(np.median([r["ratio_two_workers"] for r in rounds])),
+        "two_workers_vs_one_worker_model": float(
+            np.median([r["two_workers_vs_one_worker_model"] for r in rounds])
+        ),
         "saturated_inference_share": float(np.median([r["inference_share"] for r in rounds])),
         "targets": {"saturation_ratio": 0.85, "live_p99_ms_below_capacity": 250},
     }
@@ -402,16 +424,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['received_p99_ms']:.0f} |"
         )
     model = ", ".join(
-        f"{m['when']}: {m['throughput_fps']:.1f} (median call {m['fps']:.1f})" for m in report["model_only"]
+        f"{m['when']}: {m['throughput_fps']:.1f} (median call {m['fps']:.1f}; two workers "
+        f"{m['two_workers']['throughput_fps']:.1f})"
+        for m in report["model_only"]
     )
     per_round = ", ".join(
-        f"{r['ratio']:.2f} (serial {r['ratio_serial']:.2f}, io_nice {r['ratio_io_nice']:.2f})"
+        f"{r['ratio']:.2f} (serial {r['ratio_serial']:.2f}, io_nice {r['ratio_io_nice']:.2f}, "
+        f"two workers {r['ratio_two_workers']:.2f})"
         for r in report["saturation_rounds"]
     )
     lines += [
         "",
-        f"Model only, same backend, threads and batch ({report['model_only'][0]['batch']}), "
-        f"{report['model_only'][0]['calls']} calls, frames/s: {model}.",
+        f"Model only, same backend and batch ({report['model_only'][0]['batch']}), "
+        f"{report['model_only'][0]['calls']} calls of one worker with {report['model']['threads']} "
+        f"threads (two workers: two threads calling one 1-thread session at once), frames/s: {model}.",
         f"Saturation ratio (saturated service fps / mean of the model-only fps just before and after, "
         f"median of {len(report['saturation_rounds'])} rounds): **{report['saturation_ratio']:.2f}** "
         f"(target {report['targets']['saturation_ratio']}); per round: {per_round}. "
@@ -423,7 +449,10 @@ def markdown(report: dict[str, Any]) -> str:
         "batch N is published and committed and batch N+2 is polled and decoded. Without that overlap "
         f"(`batching.overlap: false`, each batch finished before the next is polled) the ratio is "
         f"{report['saturation_ratio_serial']:.2f}. With the service's other threads niced 10 below the "
-        f"model's (`model.io_nice: 10`): {report['saturation_ratio_io_nice']:.2f}.",
+        f"model's (`model.io_nice: 10`): {report['saturation_ratio_io_nice']:.2f}. With two model "
+        "workers of one thread each (`model.workers: 2`, `model.threads: 1`), against the model alone "
+        f"run the same way: {report['saturation_ratio_two_workers']:.2f}; its frames/s over the "
+        f"default model alone's: {report['two_workers_vs_one_worker_model']:.2f}.",
         f"Load average (1/5/15 min) before: {_load(report['machine']['load_average_1_5_15_before'])}, "
         f"after: {_load(report['machine']['load_average_1_5_15_after'])} on "
         f"{report['machine']['cores']} cores shared with other jobs.",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,3 +51,27 @@ def measure(runtime: Runtime, batch: int, calls: int = 30, warmup: int = 3) -> L
     frames = sample_frames(runtime, batch)
     time_calls(runtime, frames, warmup)
     return LatencyStats.from_seconds(batch, time_calls(runtime, frames, calls))
+
+
+def measure_concurrent(
+    runtime: Runtime, batch: int, workers: int, calls: int = 30, warmup: int = 3
+) -> LatencyStats:
+    """`workers` threads calling one runtime at once, `calls` each (as `model.workers` runs it).
+
+    Latency percentiles are per call; the throughput is every call's frames over the wall time.
+    """
+    frames = sample_frames(runtime, batch)
+    time_calls(runtime, frames, warmup)
+    seconds: list[list[float]] = [[] for _ in range(workers)]
+    threads = [
+        threading.Thread(target=lambda out=out: out.extend(time_calls(runtime, frames, calls)))
+        for out in seconds
+    ]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    stats = LatencyStats.from_seconds(batch, [s for worker in seconds for s in worker])
+    return replace(stats, throughput_fps=batch * calls * workers / wall)
