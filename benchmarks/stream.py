@@ -50,14 +50,12 @@ from monitor.kafka_client import KafkaSettings, create_topics, make_producer
 from monitor.replay import find_clips, replay
 from monitor.wire import ScoreMessage, decode
 
-# Side by side in every round (kind, overlap, io_nice, workers): the default service, the same without
-# overlap, with the service's other threads niced below the model's (model.io_nice), and with two
-# model workers of one thread each instead of one worker of --threads threads (model.workers).
+# Side by side in every round (kind, overlap, workers): the default service, the same without overlap,
+# and with two model workers of one thread each instead of one worker of --threads threads.
 SATURATED_KINDS = (
-    ("saturated", True, 0, 1),
-    ("saturated-serial", False, 0, 1),
-    ("saturated-io-nice", True, 10, 1),
-    ("saturated-2-workers", True, 0, 2),
+    ("saturated", True, 1),
+    ("saturated-serial", False, 1),
+    ("saturated-2-workers", True, 2),
 )
 MODEL_CALLS = 40  # model-only calls timed before and after each round
 RESULTS = Path(__file__).parent / "results"
@@ -260,7 +258,7 @@ def main() -> None:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="anomon-bench")
 
         def config(
-            name: str, partitions: int, mode: str, overlap: bool = True, io_nice: int = 0, workers: int = 1
+            name: str, partitions: int, mode: str, overlap: bool = True, workers: int = 1
         ) -> dict[str, Any]:
             topics = {k: f"bench.{name}.{k}" for k in ("frames", "scores", "alerts", "dead_letters")}
             create_topics(settings, {topics["frames"]: partitions, topics["scores"]: 1})
@@ -273,7 +271,6 @@ def main() -> None:
                     "backend": "onnxruntime",
                     "threads": args.threads if workers == 1 else 1,
                     "workers": workers,
-                    "io_nice": io_nice,
                 },
                 "intake": {"mode": mode},
                 "batching": {"max_batch": args.max_batch, "overlap": overlap},
@@ -313,9 +310,9 @@ def main() -> None:
 
         model_only.append(model_alone("round 1 before"))
         for round_no in range(1, args.rounds + 1):
-            for kind, overlap, io_nice, workers in SATURATED_KINDS:
+            for kind, overlap, workers in SATURATED_KINDS:
                 name = f"{kind}#{round_no}"
-                cfg = config(name.replace("#", "-"), 2, "replay", overlap, io_nice, workers)
+                cfg = config(name.replace("#", "-"), 2, "replay", overlap, workers)
                 producer = make_producer(settings)
                 preload = replay(
                     find_clips(args.data, args.saturation_clips),
@@ -331,7 +328,6 @@ def main() -> None:
                 reader.stop.set()
                 service.stop()
                 mode = "replay (pre-loaded)" + ("" if overlap else ", no overlap")
-                mode += f", io_nice {io_nice}" if io_nice else ""
                 mode += f", {workers} workers x 1 thread" if workers > 1 else ""
                 rows.append(_row(name, 2, mode, len(preload.sent), float("nan"), reader, metrics))
                 print(rows[-1])
@@ -354,7 +350,6 @@ def main() -> None:
                 "ratio": by_kind["saturated"].processed_fps / model_fps,
                 "ratio_vs_median_call": by_kind["saturated"].processed_fps / median_call_fps,
                 "ratio_serial": by_kind["saturated-serial"].processed_fps / model_fps,
-                "ratio_io_nice": by_kind["saturated-io-nice"].processed_fps / model_fps,
                 "model_only_two_workers_fps": two_fps,
                 "ratio_two_workers": by_kind["saturated-2-workers"].processed_fps / two_fps,
                 "two_workers_vs_one_worker_model": by_kind["saturated-2-workers"].processed_fps / model_fps,
@@ -386,7 +381,6 @@ def main() -> None:
         "saturation_ratio": float(np.median([r["ratio"] for r in rounds])),
         "saturation_ratio_vs_median_call": float(np.median([r["ratio_vs_median_call"] for r in rounds])),
         "saturation_ratio_serial": float(np.median([r["ratio_serial"] for r in rounds])),
-        "saturation_ratio_io_nice": float(np.median([r["ratio_io_nice"] for r in rounds])),
         "saturation_ratio_two_workers": float(np.median([r["ratio_two_workers"] for r in rounds])),
         "two_workers_vs_one_worker_model": float(
             np.median([r["two_workers_vs_one_worker_model"] for r in rounds])
@@ -429,8 +423,7 @@ def markdown(report: dict[str, Any]) -> str:
         for m in report["model_only"]
     )
     per_round = ", ".join(
-        f"{r['ratio']:.2f} (serial {r['ratio_serial']:.2f}, io_nice {r['ratio_io_nice']:.2f}, "
-        f"two workers {r['ratio_two_workers']:.2f})"
+        f"{r['ratio']:.2f} (serial {r['ratio_serial']:.2f}, two workers {r['ratio_two_workers']:.2f})"
         for r in report["saturation_rounds"]
     )
     lines += [
@@ -448,8 +441,7 @@ def markdown(report: dict[str, Any]) -> str:
         "never waited for the rest): batch N+1 is scored while "
         "batch N is published and committed and batch N+2 is polled and decoded. Without that overlap "
         f"(`batching.overlap: false`, each batch finished before the next is polled) the ratio is "
-        f"{report['saturation_ratio_serial']:.2f}. With the service's other threads niced 10 below the "
-        f"model's (`model.io_nice: 10`): {report['saturation_ratio_io_nice']:.2f}. With two model "
+        f"{report['saturation_ratio_serial']:.2f}. With two model "
         "workers of one thread each (`model.workers: 2`, `model.threads: 1`), against the model alone "
         f"run the same way: {report['saturation_ratio_two_workers']:.2f}; its frames/s over the "
         f"default model alone's: {report['two_workers_vs_one_worker_model']:.2f}.",

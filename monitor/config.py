@@ -41,13 +41,6 @@ class ModelSettings(_Section):
         description="batches scored at once, each on its own thread (onnxruntime and torch); on a CPU, "
         "2 workers of 1 thread keep both cores busier than 1 worker of 2 threads",
     )
-    io_nice: int = Field(
-        0,
-        ge=0,
-        le=19,
-        description="added to the nice value of the service's other threads (Kafka, decoding, "
-        "publishing) so that on a busy CPU the inference threads run first (Linux)",
-    )
 
 
 class BatchingSettings(_Section):

@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import gc
 import logging
-import os
 import signal
 import sys
 import threading
@@ -190,7 +189,6 @@ class MonitorService:
         self.revocations = 0  # partitions revoked so far: records polled before one are void
         self._last_records = time.monotonic()  # when a poll last returned records (or the consumer started)
         self._stall_after = STALL_SECONDS  # grows while reconnects do not bring records back
-        self._io_niced = False
         # kafka-python raises and catches a KafkaTimeoutError inside every poll that waits in vain; its
         # traceback holds the caller's frames (this cycle's records and decoded frames) in a reference
         # cycle that only a full collection frees. Left to Python's rare full collections, RSS swung
@@ -215,32 +213,8 @@ class MonitorService:
 
     def connect(self) -> None:
         """Create the producer and the group consumer (subscribed; partitions come with the first polls)."""
-        self._lower_io_priority()
         self._producer = make_producer(self.cfg.kafka, self.cfg.producer)
         self.connect_consumer()
-
-    def _lower_io_priority(self) -> None:
-        """Give this thread, and the threads it starts from now on, `model.io_nice` more niceness.
-
-        The model thread is started first, so it keeps the process's priority, as do the runtime's
-        own threads (started when it was opened). On a CPU that the model keeps busy, the Kafka,
-        decode and publish work then waits for the inference threads instead of slowing them.
-        Linux only: there the nice value belongs to a thread.
-        """
-        nice = self.cfg.model.io_nice
-        if not nice or self._io_niced:
-            return
-        if not sys.platform.startswith("linux"):
-            log.warning("model.io_nice is ignored on %s (per-thread priorities are Linux only)", sys.platform)
-            return
-        started = threading.Barrier(self._workers + 1)  # every model thread exists before this one drops
-        waits = [self._model_thread.submit(started.wait) for _ in range(self._workers)]
-        started.wait()
-        for wait in waits:
-            wait.result()
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-        self._io_niced = True
 
     def connect_consumer(self) -> None:
         """Create the group consumer, subscribed to the frames topic."""

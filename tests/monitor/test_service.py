@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -256,46 +253,6 @@ def test_health_and_readiness_follow_the_service(
         assert _get(f"{running.url}/nope")[0] == 404
 
 
-def _nice(tid: int | None) -> int:
-    assert tid is not None
-    return os.getpriority(os.PRIO_PROCESS, tid)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
-def test_io_nice_lowers_the_kafka_and_decode_threads_but_not_the_model_thread(
-    tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory
-) -> None:
-    topics = service_topics(1)
-    cfg = service_config(kafka_bootstrap, topics, tiny_artifact, **{"model.io_nice": 5})
-    running = ServiceThread(cfg)
-    service = running.service
-    base = _nice(threading.get_native_id())
-    # connect() lowers the calling thread for good: a thread of its own, not the test's.
-    worker = threading.Thread(target=lambda: (service.connect(), service.run()), name="niced-service")
-    worker.start()
-    try:
-        producer = make_producer(KafkaSettings(bootstrap_servers=kafka_bootstrap))
-        FramePublisher(producer, topics.frames).send(
-            "cam-nice", cv2.imencode(".jpg", np.zeros((48, 64), np.uint8))[1].tobytes(), "image/jpeg", 0, 1
-        )
-        producer.close()
-        deadline = time.monotonic() + 30
-        while service.stats.processed + service.stats.dead_letters < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert service.stats.processed + service.stats.dead_letters == 1
-        started = {t.name: t.native_id for t in threading.enumerate()}
-        model = service._model_thread.submit(threading.get_native_id).result()
-        assert _nice(model) == base, "the model thread keeps the process's priority"
-        assert _nice(started["niced-service"]) == base + 5
-        others = [n for n in started if n.startswith("anomon-decode") or "kafka" in n or "network" in n]
-        assert others, sorted(started)
-        assert {n: _nice(started[n]) for n in others} == {n: base + 5 for n in others}
-    finally:
-        service.stop_requested.set()
-        worker.join(30)
-        running.http.stop()
-
-
 def test_two_model_workers_score_every_frame_once_in_order_with_the_same_scores(
     tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory, read_records: RecordReader
 ) -> None:
@@ -338,5 +295,5 @@ def test_model_workers_need_a_runtime_that_runs_them_concurrently(
     cfg = service_config(kafka_bootstrap, service_topics(1), tiny_artifact, **{"model.workers": 2})
     runtime = open_runtime(tiny_artifact, "onnxruntime", threads=1)
     runtime.backend = "tensorrt"  # what a TensorRT engine reports: one execution context, one thread
-    with pytest.raises(ConfigError, match="model.workers"):
+    with pytest.raises(ConfigError, match=r"model\.workers"):
         MonitorService(cfg, runtime)
