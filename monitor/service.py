@@ -52,8 +52,8 @@ RETRY_BACKOFF = (0.5, 10.0)  # first and longest pause after a Kafka error, seco
 BROKER_CHECK_SECONDS = 2.0  # while idle, how often to ask the brokers whether they are still there
 BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
-CONCURRENT_BACKENDS = ("onnxruntime", "torch")  # runtimes whose calls may run on several threads at once
 STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
+CONCURRENT_BACKENDS = ("onnxruntime", "torch")  # runtimes whose calls may run on several threads at once
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
 
 
@@ -341,8 +341,8 @@ class MonitorService:
     # --- one cycle ---------------------------------------------------------------------------------
 
     def cycle(self) -> bool:
-        """Poll and decode a micro-batch and hand it to the model; publish, flush and commit the one
-        before it. False when nothing came and nothing was in flight."""
+        """Poll and decode a micro-batch and hand it to a model thread; publish, flush and commit the
+        oldest batch in flight. False when nothing came and nothing was in flight."""
         if self._rewind_owed:
             self._rewind()
         # Every model busy: gather the next batch until the oldest is done.
