@@ -7,6 +7,7 @@ import pytest
 
 from model.export import export_artifact
 from model.runtime import Availability, BackendUnavailableError, choose_backend, open_runtime
+from model.runtime.bench import LatencyStats, measure, measure_concurrent
 from model.runtime.engine_cache import (
     EngineCacheError,
     EngineKey,
@@ -166,3 +167,13 @@ def test_tensorrt_engine_matches_onnxruntime_and_is_cached(artifact: Path, tmp_p
     np.testing.assert_allclose(s1, s2, atol=1e-2)
     np.testing.assert_allclose(m1, m2, atol=1e-2)
     assert list((artifact / "engines").glob("*.engine"))
+
+
+def test_latency_stats_and_concurrent_calls_count_every_frame(artifact: Path) -> None:
+    stats = LatencyStats.from_seconds(4, [0.01, 0.01, 0.04])
+    assert stats.fps == pytest.approx(400.0) and stats.throughput_fps == pytest.approx(200.0)
+    runtime = open_runtime(artifact, "onnxruntime", threads=1)
+    two = measure_concurrent(runtime, batch=2, workers=2, calls=3, warmup=1)
+    one = measure(runtime, batch=2, calls=3, warmup=1)
+    assert two.calls == 6 and one.calls == 3
+    assert two.throughput_fps > 0 and one.throughput_fps > 0
