@@ -3,7 +3,8 @@
 Live runs: N cameras (1, 2, 4) replay Ped2 test clips at 10 frames/s each (capture time = send
 time) into an N-partition frames topic while `anomon run` (live mode, ONNX Runtime fp32 export of
 the committed checkpoint, 2 threads) scores them. Latency = capture to score published
-(`latency_ms.end_to_end` of each score) and capture to score received by a consumer.
+(`latency_ms.end_to_end` of each score) and capture to score received by a consumer (live runs;
+the saturated runs read their scores after the service is done, so no consumer shares the cores).
 
 Saturation run: the frames are pre-loaded, then the service (replay mode) runs flat out; its
 frames/s (first to last score published) is compared with the model alone (`model.runtime.bench`)
@@ -82,6 +83,17 @@ class ScoreReader(threading.Thread):
         self.consumer.assign([TopicPartition(topic, 0)])
         self.raw: list[tuple[bytes, float]] = []  # decoded after the run: the harness stays light
         self.stop = threading.Event()
+        self.live = True  # arrival times are receive times; False once read by `collect`
+
+    def collect(self, expected: int, timeout_s: float = 60.0) -> None:
+        """Read the scores after the run instead (the saturated runs: no consumer on the cores
+        while the service works; arrival times are then unknown)."""
+        self.live = False
+        deadline = time.monotonic() + timeout_s
+        while len(self.raw) < expected and time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=200).values():
+                self.raw.extend((record.value, float("nan")) for record in batch)
+        self.consumer.close()
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -183,7 +195,7 @@ def _row(
     arrivals = reader.received
     scores = [m for m, _ in arrivals]
     e2e = np.array([m.latency_ms.end_to_end for m in scores])
-    received = np.array([(t - m.capture_ts.timestamp()) * 1e3 for m, t in arrivals])
+    received = np.array([(t - m.capture_ts.timestamp()) * 1e3 for m, t in arrivals] or [float("nan")])
     published = sorted(m.processed_ts.timestamp() for m in scores)
     span = published[-1] - published[0] if len(published) > 1 else float("nan")
     return Row(
@@ -205,22 +217,33 @@ def _row(
     )
 
 
-def _wait_scored(reader: ScoreReader, service: Service, expected: int, timeout_s: float, desc: str) -> dict:
-    """Until every frame sent is scored or dropped (or timeout); returns the service's metrics then."""
+def _wait_scored(
+    reader: ScoreReader, service: Service, expected: int, timeout_s: float, desc: str, live: bool = True
+) -> dict:
+    """Until every frame sent is scored or dropped (or timeout); returns the service's metrics then.
+
+    live: the reader consumes the scores as they come (receive times); otherwise the service's
+    /metrics tell when it is done and the reader collects the scores afterwards.
+    """
     deadline = time.monotonic() + timeout_s
-    dropped, scraped = 0, 0.0
+    dropped, processed, scraped = 0, 0, 0.0
     with tqdm(total=expected, desc=desc, unit="frame") as bar:
         while time.monotonic() < deadline:
             # Scraping and parsing /metrics costs CPU on these 2 cores: once a second is enough.
             if time.monotonic() - scraped > 1.0:
-                dropped = int(_total(service.metrics(), "anomon_frames_dropped_total"))
+                metrics = service.metrics()
+                dropped = int(_total(metrics, "anomon_frames_dropped_total"))
+                processed = int(_total(metrics, "anomon_frames_processed_total"))
                 scraped = time.monotonic()
-            done = len(reader.raw) + dropped
+            done = (len(reader.raw) if live else processed) + dropped
             bar.update(done - bar.n)
             if done >= expected:
                 break
             time.sleep(0.2)
-    time.sleep(0.5)  # the last scores' receive times
+    if live:
+        time.sleep(0.5)  # the last scores' receive times
+    else:
+        reader.collect(expected - dropped)
     return service.metrics()
 
 
@@ -321,11 +344,10 @@ def main() -> None:
                     cameras=2,
                 )
                 producer.close()
+                # No consumer of the scores runs beside the service: they are read once it is done.
                 reader = ScoreReader(broker.bootstrap, cfg["topics"]["scores"])
-                reader.start()
                 service = Service(cfg, work)
-                metrics = _wait_scored(reader, service, len(preload.sent), 600, f"{name} scoring")
-                reader.stop.set()
+                metrics = _wait_scored(reader, service, len(preload.sent), 600, f"{name} scoring", live=False)
                 service.stop()
                 mode = "replay (pre-loaded)" + ("" if overlap else ", no overlap")
                 mode += f", {workers} workers x 1 thread" if workers > 1 else ""
