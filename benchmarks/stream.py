@@ -319,9 +319,10 @@ def main() -> None:
             print(rows[-1])
 
         # Saturation: pre-load, then let the service run flat out; with the model overlapping the
-        # publish/commit of the previous batch (the default) and without (serial), side by side.
+        # publish/commit of the previous batch (the default), without (serial) and with two model
+        # workers, side by side (SATURATED_KINDS).
         # This machine's speed drifts by tens of percent within minutes, so each round times the model
-        # alone just before and after its two service runs, and the ratios quoted are round medians.
+        # alone just before and after its service runs, and the ratios quoted are round medians.
         runtime = open_runtime(artifact, "onnxruntime", threads=args.threads)
         single = open_runtime(artifact, "onnxruntime", threads=1)
 

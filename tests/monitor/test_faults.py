@@ -365,7 +365,7 @@ def test_a_consumer_whose_polls_stall_is_replaced_and_loses_nothing(
     running = _Running(MonitorService(cfg, tiny_runtime))
     service = running.service
     _wait(lambda: service.stats.processed >= sent, 60, "the first frames scored")
-    # The client-side stall seen in a soak (polls return nothing, positions stop, no error): a
+    # The stall seen in soaks (polls return nothing, positions stop, no error): a
     # consumer whose partitions are paused behaves the same from the outside.
     stalled = service._consumer
     assert stalled is not None
