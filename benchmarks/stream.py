@@ -2,17 +2,19 @@
 
 Live runs: N cameras (1, 2, 4) replay Ped2 test clips at 10 frames/s each (capture time = send
 time) into an N-partition frames topic while `anomon run` (live mode, ONNX Runtime fp32 export of
-the committed checkpoint, 2 threads) scores them. Latency = capture to score published
-(`latency_ms.end_to_end` of each score) and capture to score received by a consumer (live runs;
-the saturated runs read their scores after the service is done, so no consumer shares the cores).
+the committed checkpoint, default model settings: `model.workers: auto`) scores them. Latency =
+capture to score published (`latency_ms.end_to_end` of each score) and capture to score received by
+a consumer (live runs; the saturated runs read their scores after the service is done, so no
+consumer shares the cores).
 
 Saturation run: the frames are pre-loaded, then the service (replay mode) runs flat out; its
 frames/s (first to last score published) is compared with the model alone (`model.runtime.bench`)
+run the same way (as many threads calling the same session, each with as many intra-op threads)
 at the batch size the service ran, timed just before and just after it in the same run. Both are
-throughputs, frames over the time they took: the model alone's is its calls' frames over their total
-time (the ratio against the rate of its median call, which leaves out slow calls, is reported too).
+throughputs: frames over the time they took. Side by side: the default service (workers auto), one
+worker of --threads threads, and that one worker without overlap.
 
-    python benchmarks/stream.py --data ../shared/data/ucsd_ped2 --threads 2
+    python benchmarks/stream.py --data ../shared/data/ucsd_ped2 --threads 2 --rounds 5
 """
 
 from __future__ import annotations
@@ -46,17 +48,19 @@ from model.export import export_artifact
 from model.runtime import open_runtime
 from model.runtime.bench import measure, measure_concurrent
 from monitor.broker import EmbeddedBroker
+from monitor.config import ModelSettings
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, create_topics, make_producer
 from monitor.replay import find_clips, replay
+from monitor.service import plan_model
 from monitor.wire import ScoreMessage, decode
 
-# Side by side in every round (kind, overlap, workers): the default service, the same without overlap,
-# and with two model workers of one thread each instead of one worker of --threads threads.
+# Side by side in every round (kind, overlap, one worker of --threads threads?): the default service
+# (`model.workers: auto`), one worker of --threads threads, and that one without overlap (serial).
 SATURATED_KINDS = (
-    ("saturated", True, 1),
-    ("saturated-serial", False, 1),
-    ("saturated-2-workers", True, 2),
+    ("saturated", True, False),
+    ("saturated-one-worker", True, True),
+    ("saturated-serial", False, True),
 )
 MODEL_CALLS = 40  # model-only calls timed before and after each round
 RESULTS = Path(__file__).parent / "results"
@@ -253,7 +257,12 @@ def main() -> None:
     )
     parser.add_argument("--checkpoint", default="benchmarks/artifacts/anomem_ped2.safetensors")
     parser.add_argument("--data", default="../shared/data/ucsd_ped2", help="Ped2 root (test/ clips)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads of the service")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="ONNX Runtime threads of the one-worker service (the default one plans its own)",
+    )
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--fps", type=float, default=10.0, help="frames/s per camera in the live runs")
     parser.add_argument("--clips", nargs="+", default=["01"], help="test clips each live camera replays")
@@ -265,12 +274,13 @@ def main() -> None:
         help="clips pre-loaded as 2 cameras",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="saturation rounds (model alone, service, serial service)"
+        "--rounds", type=int, default=3, help="saturation rounds (model alone, each service kind)"
     )
     parser.add_argument("--out", default=str(RESULTS / "stream.json"))
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    plan = plan_model(ModelSettings(backend="onnxruntime"))  # what the default service will run
     work = Path(tempfile.mkdtemp(prefix="anomon-stream-"))
     artifact = work / "ped2-fp32"
     export_artifact(args.checkpoint, artifact, "fp32")
@@ -281,7 +291,7 @@ def main() -> None:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="anomon-bench")
 
         def config(
-            name: str, partitions: int, mode: str, overlap: bool = True, workers: int = 1
+            name: str, partitions: int, mode: str, overlap: bool = True, one_worker: bool = False
         ) -> dict[str, Any]:
             topics = {k: f"bench.{name}.{k}" for k in ("frames", "scores", "alerts", "dead_letters")}
             create_topics(settings, {topics["frames"]: partitions, topics["scores"]: 1})
@@ -289,12 +299,8 @@ def main() -> None:
                 "kafka": {"bootstrap_servers": broker.bootstrap},
                 "consumer": {"group_id": f"bench-{name}"},
                 "topics": topics,
-                "model": {
-                    "artifact": str(artifact),
-                    "backend": "onnxruntime",
-                    "threads": args.threads if workers == 1 else 1,
-                    "workers": workers,
-                },
+                "model": {"artifact": str(artifact), "backend": "onnxruntime"}
+                | ({"workers": 1, "threads": args.threads} if one_worker else {}),
                 "intake": {"mode": mode},
                 "batching": {"max_batch": args.max_batch, "overlap": overlap},
                 # Alerts and snapshots are part of the work, as in production.
@@ -318,25 +324,24 @@ def main() -> None:
             rows.append(_row(name, cameras, "live", len(report.sent), args.fps * cameras, reader, metrics))
             print(rows[-1])
 
-        # Saturation: pre-load, then let the service run flat out; with the model overlapping the
-        # publish/commit of the previous batch (the default), without (serial) and with two model
-        # workers, side by side (SATURATED_KINDS).
+        # Saturation: pre-load, then let the service run flat out, each kind of SATURATED_KINDS.
         # This machine's speed drifts by tens of percent within minutes, so each round times the model
-        # alone just before and after its service runs, and the ratios quoted are round medians.
-        runtime = open_runtime(artifact, "onnxruntime", threads=args.threads)
-        single = open_runtime(artifact, "onnxruntime", threads=1)
+        # alone just before and after its services run, and the ratios quoted are round medians.
+        default = open_runtime(artifact, "onnxruntime", threads=plan.threads)
+        one_worker = open_runtime(artifact, "onnxruntime", threads=args.threads)
 
         def model_alone(when: str) -> dict[str, Any]:
-            """The model alone as each service kind runs it: one worker, and two of one thread each."""
-            two = measure_concurrent(single, args.max_batch, workers=2, calls=MODEL_CALLS // 2)
-            one = measure(runtime, args.max_batch, calls=MODEL_CALLS)
-            return asdict(one) | {"when": when, "two_workers": asdict(two)}
+            """The model alone as each service kind runs it: as planned, and one worker."""
+            calls = MODEL_CALLS // plan.workers
+            planned = measure_concurrent(default, args.max_batch, workers=plan.workers, calls=calls)
+            one = measure(one_worker, args.max_batch, calls=MODEL_CALLS)
+            return {"when": when, "default": asdict(planned), "one_worker": asdict(one)}
 
         model_only.append(model_alone("round 1 before"))
         for round_no in range(1, args.rounds + 1):
-            for kind, overlap, workers in SATURATED_KINDS:
+            for kind, overlap, one in SATURATED_KINDS:
                 name = f"{kind}#{round_no}"
-                cfg = config(name.replace("#", "-"), 2, "replay", overlap, workers)
+                cfg = config(name.replace("#", "-"), 2, "replay", overlap, one)
                 producer = make_producer(settings)
                 preload = replay(
                     find_clips(args.data, args.saturation_clips),
@@ -351,32 +356,29 @@ def main() -> None:
                 metrics = _wait_scored(reader, service, len(preload.sent), 600, f"{name} scoring", live=False)
                 service.stop()
                 mode = "replay (pre-loaded)" + ("" if overlap else ", no overlap")
-                mode += f", {workers} workers x 1 thread" if workers > 1 else ""
+                mode += f", 1 worker x {args.threads} threads" if one else ""
                 rows.append(_row(name, 2, mode, len(preload.sent), float("nan"), reader, metrics))
                 print(rows[-1])
             model_only.append(model_alone(f"round {round_no} after"))
 
     rounds = []
     for round_no in range(1, args.rounds + 1):
-        around = model_only[round_no - 1], model_only[round_no]
-        model_fps = (around[0]["throughput_fps"] + around[1]["throughput_fps"]) / 2
-        median_call_fps = (around[0]["fps"] + around[1]["fps"]) / 2
-        two_fps = (
-            around[0]["two_workers"]["throughput_fps"] + around[1]["two_workers"]["throughput_fps"]
-        ) / 2
-        by_kind = {r.scenario.split("#")[0]: r for r in rows if r.scenario.endswith(f"#{round_no}")}
+        before, after = model_only[round_no - 1], model_only[round_no]
+        model_fps = {
+            k: (before[k]["throughput_fps"] + after[k]["throughput_fps"]) / 2 for k in before if k != "when"
+        }
+        fps = {r.scenario.split("#")[0]: r.processed_fps for r in rows if r.scenario.endswith(f"#{round_no}")}
+        share = next(r.inference_share for r in rows if r.scenario == f"saturated#{round_no}")
         rounds.append(
             {
                 "round": round_no,
-                "model_only_fps": model_fps,
-                "model_only_median_call_fps": median_call_fps,
-                "ratio": by_kind["saturated"].processed_fps / model_fps,
-                "ratio_vs_median_call": by_kind["saturated"].processed_fps / median_call_fps,
-                "ratio_serial": by_kind["saturated-serial"].processed_fps / model_fps,
-                "model_only_two_workers_fps": two_fps,
-                "ratio_two_workers": by_kind["saturated-2-workers"].processed_fps / two_fps,
-                "two_workers_vs_one_worker_model": by_kind["saturated-2-workers"].processed_fps / model_fps,
-                "inference_share": by_kind["saturated"].inference_share,
+                "model_only_fps": model_fps["default"],
+                "model_only_one_worker_fps": model_fps["one_worker"],
+                "ratio": fps["saturated"] / model_fps["default"],
+                "ratio_one_worker": fps["saturated-one-worker"] / model_fps["one_worker"],
+                "ratio_serial": fps["saturated-serial"] / model_fps["one_worker"],
+                "default_vs_one_worker_model": fps["saturated"] / model_fps["one_worker"],
+                "inference_share": share,
             }
         )
     report_doc = {
@@ -396,19 +398,23 @@ def main() -> None:
             "checkpoint": args.checkpoint,
             "backend": "onnxruntime",
             "precision": "fp32",
-            "threads": args.threads,
+            "workers": plan.workers,  # what `model.workers: auto` planned here
+            "threads": plan.threads,
+            "one_worker_threads": args.threads,
         },
         "rows": [asdict(r) for r in rows],
         "model_only": model_only,
         "saturation_rounds": rounds,
-        "saturation_ratio": float(np.median([r["ratio"] for r in rounds])),
-        "saturation_ratio_vs_median_call": float(np.median([r["ratio_vs_median_call"] for r in rounds])),
-        "saturation_ratio_serial": float(np.median([r["ratio_serial"] for r in rounds])),
-        "saturation_ratio_two_workers": float(np.median([r["ratio_two_workers"] for r in rounds])),
-        "two_workers_vs_one_worker_model": float(
-            np.median([r["two_workers_vs_one_worker_model"] for r in rounds])
-        ),
-        "saturated_inference_share": float(np.median([r["inference_share"] for r in rounds])),
+        **{
+            name: float(np.median([r[key] for r in rounds]))
+            for name, key in (
+                ("saturation_ratio", "ratio"),
+                ("saturation_ratio_one_worker", "ratio_one_worker"),
+                ("saturation_ratio_serial", "ratio_serial"),
+                ("default_vs_one_worker_model", "default_vs_one_worker_model"),
+                ("saturated_inference_share", "inference_share"),
+            )
+        },
         "targets": {"saturation_ratio": 0.85, "live_p99_ms_below_capacity": 250},
     }
     out = Path(args.out)
@@ -441,33 +447,32 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['received_p99_ms']:.0f} |"
         )
     model = ", ".join(
-        f"{m['when']}: {m['throughput_fps']:.1f} (median call {m['fps']:.1f}; two workers "
-        f"{m['two_workers']['throughput_fps']:.1f})"
-        for m in report["model_only"]
+        f"{alone['when']}: {alone['default']['throughput_fps']:.1f} "
+        f"(one worker {alone['one_worker']['throughput_fps']:.1f})"
+        for alone in report["model_only"]
     )
     per_round = ", ".join(
-        f"{r['ratio']:.2f} (serial {r['ratio_serial']:.2f}, two workers {r['ratio_two_workers']:.2f})"
+        f"{r['ratio']:.2f} (one worker {r['ratio_one_worker']:.2f}, serial {r['ratio_serial']:.2f})"
         for r in report["saturation_rounds"]
     )
+    m = report["model"]
     lines += [
         "",
-        f"Model only, same backend and batch ({report['model_only'][0]['batch']}), "
-        f"{report['model_only'][0]['calls']} calls of one worker with {report['model']['threads']} "
-        f"threads (two workers: two threads calling one 1-thread session at once), frames/s: {model}.",
-        f"Saturation ratio (saturated service fps / mean of the model-only fps just before and after, "
-        f"median of {len(report['saturation_rounds'])} rounds): **{report['saturation_ratio']:.2f}** "
-        f"(target {report['targets']['saturation_ratio']}); per round: {per_round}. "
-        "Against the model's median call instead of its throughput: "
-        f"{report['saturation_ratio_vs_median_call']:.2f}. "
-        "In the saturated runs the service spent a median "
-        f"{report['saturated_inference_share']:.0%} of its wall time in the model (about 100%: the model "
-        "never waited for the rest): batch N+1 is scored while "
-        "batch N is published and committed and batch N+2 is polled and decoded. Without that overlap "
-        f"(`batching.overlap: false`, each batch finished before the next is polled) the ratio is "
-        f"{report['saturation_ratio_serial']:.2f}. With two model "
-        "workers of one thread each (`model.workers: 2`, `model.threads: 1`), against the model alone "
-        f"run the same way: {report['saturation_ratio_two_workers']:.2f}; its frames/s over the "
-        f"default model alone's: {report['two_workers_vs_one_worker_model']:.2f}.",
+        f"The default service here: `model.workers: auto` planned {m['workers']} worker(s) of "
+        f"{m['threads'] or 'default'} thread(s). Model only, same backend and batch "
+        f"({report['model_only'][0]['default']['batch']}), run the same way ({m['workers']} thread(s) "
+        f"calling one session of {m['threads'] or 'default'} thread(s) at once; one worker: one "
+        f"session of {m['one_worker_threads']} threads), frames/s: {model}.",
+        f"Saturation ratio (saturated default service fps / mean of the model-only fps just before "
+        f"and after, median of {len(report['saturation_rounds'])} rounds): "
+        f"**{report['saturation_ratio']:.2f}** (target {report['targets']['saturation_ratio']}); per "
+        f"round: {per_round}. Against the one-worker model alone, the default service's frames/s are "
+        f"{report['default_vs_one_worker_model']:.2f} of it. One worker of {m['one_worker_threads']} "
+        f"threads, against its own model alone: {report['saturation_ratio_one_worker']:.2f}; the same "
+        f"without overlap (`batching.overlap: false`: each batch finished before the next is polled): "
+        f"{report['saturation_ratio_serial']:.2f}. In the default saturated runs the service spent a "
+        f"median {report['saturated_inference_share']:.0%} of its wall time in the model (with two "
+        "workers, up to 200%: both busy).",
         f"Load average (1/5/15 min) before: {_load(report['machine']['load_average_1_5_15_before'])}, "
         f"after: {_load(report['machine']['load_average_1_5_15_after'])} on "
         f"{report['machine']['cores']} cores shared with other jobs.",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from model.config import ConfigError, read_yaml_mapping, set_dotted
 from monitor.camera import PerCameraSettings
@@ -34,13 +34,23 @@ class ModelSettings(_Section):
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     device: str | None = Field(None, description="cpu or cuda[:N]; default: a GPU when present")
     threads: int | None = Field(None, ge=1, description="CPU inference threads (per worker)")
-    workers: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="batches scored at once, each on its own thread (onnxruntime and torch); on a CPU, "
-        "2 workers of 1 thread keep both cores busier than 1 worker of 2 threads",
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="batches scored at once, each on its own thread (onnxruntime and torch); auto: 2 "
+        "on a CPU with 2 or more cores (its threads split the cores when threads is unset: 2 workers "
+        "of 1 thread keep 2 cores busier than 1 worker of 2 threads), 1 on a GPU",
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_or_1_to_16(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+            raise ValueError(f"{value!r} is not a number of workers: set auto or 1 to 16")
+        if not 1 <= int(value) <= 16:
+            raise ValueError(f"{value} is out of range: set auto or 1 to 16")
+        return int(value)
 
 
 class BatchingSettings(_Section):

@@ -1,10 +1,12 @@
 """The consume-score-publish service (`anomon run`).
 
-One cycle: poll a micro-batch across cameras, parse and decode it, hand it to the model thread, then
-finish the previous batch: update each camera's state, publish scores and alert events, flush, and
-only then commit its offsets (at least once). So the model scores batch N+1 while batch N is
-published and committed, and while batch N+2 is polled and decoded (`batching.overlap`; off, each
-batch is finished before the next is polled).
+One cycle: poll a micro-batch across cameras, parse and decode it, hand it to a model thread, then
+finish the batches the models are done with, oldest first: update each camera's state, publish
+scores and alert events, flush, and only then commit their offsets (at least once). So the models
+score batch N+1 while batch N is published and committed, and while batch N+2 is polled and decoded
+(`batching.overlap`; off, each batch is finished before the next is polled). With several model
+workers (`model.workers`; auto: two on a CPU), up to that many batches are scored at once, and a
+batch that finds models idle is split between them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -33,11 +37,11 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from model.config import ConfigError
 from model.data import resize_frame
-from model.runtime import open_runtime
+from model.runtime import Availability, choose_backend, open_runtime
 from model.runtime.base import Runtime
 from monitor import wire
 from monitor.camera import AlertEvent, CameraState
-from monitor.config import ServiceConfig
+from monitor.config import ModelSettings, ServiceConfig
 from monitor.frames import ConsumedRecord, FrameError, FrameRecord, dead_letter, decode_frame, parse_record
 from monitor.kafka_client import create_topics, make_consumer, make_producer
 from monitor.localize import MapScale, Region
@@ -54,7 +58,49 @@ BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
 STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
 CONCURRENT_BACKENDS = ("onnxruntime", "torch")  # runtimes whose calls may run on several threads at once
+# `model.workers: auto` on a CPU. Measured on 2 cores (benchmarks/results/stream.md, the last
+# session's runs): ONNX Runtime with 2 intra-op threads keeps ~1.35 cores busy; two workers of one
+# thread each are the faster service in every round (e.g. 123-152 against 97-120 frames/s).
+AUTO_CPU_WORKERS = 2
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """How the model runs: `workers` batches at once, each call on `threads` CPU threads."""
+
+    workers: int
+    threads: int | None  # None: the backend's default
+
+
+def plan_model(
+    settings: ModelSettings, have: Availability | None = None, cores: int | None = None
+) -> ModelPlan:
+    """Resolve `model.workers: auto` (and, with it, unset threads) for this machine.
+
+    auto is 1 on a GPU (TensorRT, or a CUDA device) and for backends that cannot be called from
+    several threads; on a CPU with at least AUTO_CPU_WORKERS cores it is AUTO_CPU_WORKERS, each with
+    an equal share of the cores unless `model.threads` says otherwise. A number is taken as given.
+    """
+    if settings.workers != "auto":
+        return ModelPlan(settings.workers, settings.threads)
+    have = have or Availability.probe()
+    cores = cores or len(os.sched_getaffinity(0))
+    backend, _ = choose_backend(settings.backend, have)
+    if settings.device:
+        on_gpu = settings.device.startswith("cuda")
+    else:  # as open_runtime chooses: a GPU when the backend has one
+        on_gpu = {"torch": have.cuda, "onnxruntime": have.onnxruntime_cuda}.get(backend, True)
+    if on_gpu or backend not in CONCURRENT_BACKENDS or cores < AUTO_CPU_WORKERS:
+        return ModelPlan(1, settings.threads)
+    return ModelPlan(AUTO_CPU_WORKERS, settings.threads or cores // AUTO_CPU_WORKERS)
+
+
+def _split(records: list[Any], parts: int) -> list[list[Any]]:
+    """Up to `parts` contiguous slices of near-equal size (polled order kept), none empty."""
+    parts = max(1, min(parts, len(records)))
+    bounds = [round(i * len(records) / parts) for i in range(parts + 1)]
+    return [records[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -93,6 +139,11 @@ class InFlight:
 
     records: list[Any]
     inference: Future[Inference] | None  # None: no frame of these records reached the model
+
+    @property
+    def scored(self) -> bool:
+        """The model is done with these records (or they never needed it)."""
+        return self.inference is None or self.inference.done()
 
 
 @dataclass
@@ -175,15 +226,19 @@ class MonitorService:
         self._pending: list[Any] = []  # send futures of this cycle
         self._end_to_end: list[float] = []  # capture times of this cycle's scores, observed once flushed
         self._pool = ThreadPoolExecutor(cfg.intake.decode_workers, thread_name_prefix="anomon-decode")
-        self._workers = cfg.model.workers
-        if self._workers > 1 and runtime.backend not in CONCURRENT_BACKENDS:
+        self.workers = plan_model(cfg.model).workers
+        if cfg.model.workers == "auto" and (
+            runtime.backend not in CONCURRENT_BACKENDS or runtime.device != "cpu"
+        ):
+            self.workers = 1  # a runtime other than the one planned for (given directly): auto stays safe
+        if self.workers > 1 and runtime.backend not in CONCURRENT_BACKENDS:
             raise ConfigError(
-                f"field 'model.workers': {self._workers} needs a runtime that scores batches concurrently "
+                f"field 'model.workers': {self.workers} needs a runtime that scores batches concurrently "
                 f"({', '.join(CONCURRENT_BACKENDS)}), not {runtime.backend}; set it to 1"
             )
         # The model threads: every runtime call runs on one of them, never on the main loop (with one
         # worker, the default, always the same thread: a GPU runtime keeps its context and stream).
-        self._model_thread = ThreadPoolExecutor(self._workers, thread_name_prefix="anomon-model")
+        self._model_thread = ThreadPoolExecutor(self.workers, thread_name_prefix="anomon-model")
         # Batches in the models, oldest first, finished (published, committed) in that order.
         self._inflight: deque[InFlight] = deque()
         self.revocations = 0  # partitions revoked so far: records polled before one are void
@@ -341,13 +396,13 @@ class MonitorService:
     # --- one cycle ---------------------------------------------------------------------------------
 
     def cycle(self) -> bool:
-        """Poll and decode a micro-batch and hand it to a model thread; publish, flush and commit the
-        oldest batch in flight. False when nothing came and nothing was in flight."""
+        """Poll and decode a micro-batch and hand it to the model threads; publish, flush and commit
+        the batches they are done with, oldest first. False when nothing came and nothing was in
+        flight."""
         if self._rewind_owed:
             self._rewind()
-        # Every model busy: gather the next batch until the oldest is done.
-        busy = self._inflight[0].inference if len(self._inflight) >= self._workers else None
-        records = self._poll_batch(busy)
+        oldest = self._inflight[0] if self._inflight else None
+        records = self._poll_batch(oldest, spare=self._busy_models() < self.workers)
         if not records and not self._inflight:
             self._check_brokers()
             return False
@@ -357,13 +412,17 @@ class MonitorService:
         started = time.perf_counter()
         if records:
             self.stats.cycles += 1
-            frames = self._intake(records)
-            inference = self._model_thread.submit(self._run_model, frames) if frames else None
-            self._inflight.append(InFlight(records, inference))
-            # The oldest batch is finished once more are in flight than there are models...
-            while len(self._inflight) > self._workers:
-                self._finish(self._inflight.popleft())
-        else:  # ... or when nothing new came (the stream went quiet).
+            # Models with nothing to do (low load) share the batch, so that its frames wait for the
+            # model about as briefly as on one model with all the threads.
+            for part in _split(records, self.workers - self._busy_models()):
+                frames = self._intake(part)
+                inference = self._model_thread.submit(self._run_model, frames) if frames else None
+                self._inflight.append(InFlight(part, inference))
+        else:  # nothing new came: the oldest batch is scored (or the stream went quiet)
+            self._finish(self._inflight.popleft())
+        # Then every batch the models are done with, oldest first, and the oldest while more are in
+        # flight than there are models (waiting for it).
+        while self._inflight and (self._inflight[0].scored or len(self._inflight) > self.workers):
             self._finish(self._inflight.popleft())
         if not self.cfg.batching.overlap:
             self._drain()
@@ -376,38 +435,44 @@ class MonitorService:
         self.metrics.busy_seconds.inc(time.perf_counter() - started)
         return True
 
-    def _poll_batch(self, busy: Future[Inference] | None) -> list[Any]:
-        """Up to max_batch records across partitions.
+    def _busy_models(self) -> int:
+        return sum(not batch.scored for batch in self._inflight)
 
-        With a batch in the model (busy), gather until it is done: its inference is the batching
-        window. Otherwise wait for a first record, then at most max_wait_ms for more. Records polled
-        before a rebalance are dropped: their partitions restart from the committed offsets.
+    def _poll_batch(self, oldest: InFlight | None, spare: bool) -> list[Any]:
+        """Up to max_batch records across partitions; returns early once the oldest batch in flight
+        is scored, so that it is published without delay.
+
+        Every model busy (not spare): gather until the oldest is scored (its inference is the
+        batching window). Otherwise wait for a first record, then at most max_wait_ms for more.
+        Records polled before a rebalance are dropped: their partitions restart from the committed
+        offsets.
         """
         assert self._consumer is not None
         batching = self.cfg.batching
         got: list[Any] = []
         deadline: float | None = None
         while len(got) < batching.max_batch:
-            if busy is not None:
-                if busy.done():
-                    break
-                wait_ms = float(BUSY_POLL_MS)
-            elif deadline is None:
-                wait_ms = float(IDLE_POLL_MS)
+            if oldest is not None and oldest.scored:
+                break
+            if deadline is None:
+                wait_ms = float(IDLE_POLL_MS if oldest is None else BUSY_POLL_MS)
             else:
                 wait_ms = max(0.0, (deadline - time.monotonic()) * 1e3)
+                wait_ms = wait_ms if oldest is None else min(wait_ms, BUSY_POLL_MS)
             revocations = self.revocations
             polled = self._consumer.poll(timeout_ms=int(wait_ms), max_records=batching.max_batch - len(got))
             if self.revocations != revocations:
                 got = []
             for batch in polled.values():
                 got.extend(batch)
-            if busy is not None:
+            if not spare:
                 continue
             if got and deadline is None:
                 deadline = time.monotonic() + batching.max_wait_ms / 1e3
-            if deadline is None or time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 break
+            if deadline is None and oldest is None:
+                break  # idle and nothing came
         return got
 
     def _check_brokers(self) -> None:
@@ -696,10 +761,15 @@ def serve(
     cv2.setNumThreads(1)
     if cfg.model.artifact is None:
         raise ConfigError("field 'model.artifact': no model given; pass --artifact DIR or set it in --config")
+    plan = plan_model(cfg.model)
     runtime = open_runtime(
-        cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=cfg.model.threads
+        cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=plan.threads
     )
-    print(f"anomon run: serving {runtime.describe()}", file=sys.stderr)
+    print(
+        f"anomon run: serving {runtime.describe()} with model.workers {plan.workers}, "
+        f"model.threads {plan.threads or 'the backend default'}",
+        file=sys.stderr,
+    )
     topics = cfg.topics
     # Output topics get the frames topic's default partitioning; existing topics are left alone.
     create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from model.runtime.base import BackendUnavailableError, Runtime, ServedModel
 
-__all__ = ["BACKENDS", "BackendUnavailableError", "Runtime", "ServedModel", "choose_backend", "open_runtime"]
+__all__ = [
+    "BACKENDS",
+    "Availability",
+    "BackendUnavailableError",
+    "Runtime",
+    "ServedModel",
+    "choose_backend",
+    "open_runtime",
+]
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 log = logging.getLogger(__name__)

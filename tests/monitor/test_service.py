@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -17,9 +18,12 @@ from kafka.partitioner import murmur2
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.export import export_artifact
+from model.runtime import Availability
+from monitor.config import ModelSettings
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.replay import ReplayReport, find_clips, replay
+from monitor.service import ModelPlan, plan_model
 from monitor.wire import HEADER_ERROR, HEADER_SOURCE, AlertMessage, decode, frame_headers
 from tests.conftest import PED2, PED2_CHECKPOINT
 from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, decode_scores, service_config
@@ -285,6 +289,39 @@ def test_two_model_workers_score_every_frame_once_in_order_with_the_same_scores(
     assert all(abs(s - by_frame[(c, i)]) < 1e-5 for c, i, s in two)
 
 
+def test_a_batch_is_split_between_idle_model_workers(
+    tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory, read_records: RecordReader
+) -> None:
+    image = cv2.imencode(".jpg", np.full((48, 64), 128, np.uint8))[1].tobytes()
+    topics = service_topics(1)
+    producer = make_producer(KafkaSettings(bootstrap_servers=kafka_bootstrap))
+    publisher = FramePublisher(producer, topics.frames)
+    for i in range(4):  # in the topic before the service starts: one poll takes all four
+        publisher.send("split-1", image, "image/jpeg", i, 1_000_000_000 + i)
+    publisher.flush()
+    producer.close()
+    cfg = service_config(
+        kafka_bootstrap,
+        topics,
+        tiny_artifact,
+        **{"model.workers": 2, "batching.max_batch": 4, "batching.max_wait_ms": 2000},
+    )
+    with ServiceThread(cfg) as running:
+        running.start()
+        records = read_records(topics.scores, 4, timeout_s=60)
+        _, text = _get(f"{running.url}/metrics")
+    batches = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if family.name == "anomon_batch_size"
+    }
+    calls, frames = batches["anomon_batch_size_count"], batches["anomon_batch_size_sum"]
+    assert [m.frame_index for m in decode_scores(records)] == [0, 1, 2, 3]
+    # Both models idle: the batch of four went to them as two of two, not as one of four.
+    assert (calls, frames) == (2, 4)
+
+
 def test_model_workers_need_a_runtime_that_runs_them_concurrently(
     tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory
 ) -> None:
@@ -297,3 +334,42 @@ def test_model_workers_need_a_runtime_that_runs_them_concurrently(
     runtime.backend = "tensorrt"  # what a TensorRT engine reports: one execution context, one thread
     with pytest.raises(ConfigError, match=r"model\.workers"):
         MonitorService(cfg, runtime)
+
+
+def test_a_runtime_other_than_planned_gets_one_worker_under_auto(
+    tiny_artifact: Path, kafka_bootstrap: str, service_topics: TopicsFactory
+) -> None:
+    from model.runtime import open_runtime
+    from monitor.service import MonitorService
+
+    cfg = service_config(kafka_bootstrap, service_topics(1), tiny_artifact, **{"model.workers": "auto"})
+    runtime = open_runtime(tiny_artifact, "onnxruntime", threads=1)
+    # On a CPU of 2 cores or more (this machine and CI), two workers.
+    assert MonitorService(cfg, runtime).workers == (2 if len(os.sched_getaffinity(0)) >= 2 else 1)
+    runtime.backend = "tensorrt"
+    assert MonitorService(cfg, runtime).workers == 1, "auto never asks a TensorRT engine for two threads"
+
+
+CPU_ONLY = Availability(cuda=False, tensorrt=False, onnxruntime=True, onnxruntime_cuda=False)
+GPU_BOX = Availability(cuda=True, tensorrt=True, onnxruntime=True, onnxruntime_cuda=True)
+
+
+@pytest.mark.parametrize(
+    ("settings", "have", "cores", "plan"),
+    [
+        ({}, CPU_ONLY, 2, ModelPlan(2, 1)),  # this machine and CI: two workers of one thread
+        ({}, CPU_ONLY, 8, ModelPlan(2, 4)),  # the cores split between the two workers
+        ({"threads": 3}, CPU_ONLY, 8, ModelPlan(2, 3)),  # threads given: kept
+        ({}, CPU_ONLY, 1, ModelPlan(1, None)),  # one core: nothing to share
+        ({"backend": "torch"}, CPU_ONLY, 2, ModelPlan(2, 1)),
+        ({}, GPU_BOX, 8, ModelPlan(1, None)),  # auto picks TensorRT: one context, one thread
+        ({"backend": "onnxruntime"}, GPU_BOX, 8, ModelPlan(1, None)),  # ONNX Runtime on CUDA
+        ({"backend": "torch", "device": "cpu"}, GPU_BOX, 8, ModelPlan(2, 4)),  # told to use the CPU
+        ({"backend": "onnxruntime", "device": "cuda:1"}, CPU_ONLY, 8, ModelPlan(1, None)),
+        ({"workers": 3, "threads": 2}, GPU_BOX, 8, ModelPlan(3, 2)),  # a number is taken as given
+    ],
+)
+def test_auto_workers_plan_two_on_a_cpu_and_one_on_a_gpu(
+    settings: dict, have: Availability, cores: int, plan: ModelPlan
+) -> None:
+    assert plan_model(ModelSettings(**settings), have, cores) == plan
