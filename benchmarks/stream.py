@@ -280,6 +280,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    out = Path(args.out)
     plan = plan_model(ModelSettings(backend="onnxruntime"))  # what the default service will run
     work = Path(tempfile.mkdtemp(prefix="anomon-stream-"))
     artifact = work / "ped2-fp32"
@@ -383,7 +384,7 @@ def main() -> None:
         )
     report_doc = {
         "command": f"python benchmarks/stream.py --data {args.data} --threads {args.threads} "
-        f"--rounds {args.rounds}",
+        f"--rounds {args.rounds}" + ("" if out == RESULTS / "stream.json" else f" --out {args.out}"),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -417,7 +418,6 @@ def main() -> None:
         },
         "targets": {"saturation_ratio": 0.85, "live_p99_ms_below_capacity": 250},
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report_doc, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report_doc))

@@ -349,13 +349,14 @@ class MonitorService:
                 raise
 
     def shutdown(self) -> None:
-        """Drain: finish the batch in the model, end open alerts, publish, flush, commit, leave the group."""
+        """Drain: finish the batches in the models, end open alerts, publish, flush, commit, leave the
+        group."""
         self.metrics.ready.set(0)
         if self._producer is not None:
             try:
                 self._drain()
             except KafkaError as err:  # left uncommitted: redone by the next owner of its partitions
-                log.error("could not publish the batch in flight on shutdown: %s", err)
+                log.error("could not publish the batches in flight on shutdown: %s", err)
             try:
                 for camera_id in list(self.cameras):
                     self._publish_events(camera_id, self.cameras[camera_id].close())
@@ -372,8 +373,8 @@ class MonitorService:
         self._model_thread.shutdown(wait=True)
 
     def release(self, partitions: set[TopicPartition]) -> None:
-        """Cameras on revoked partitions move to another worker: finish the batch in the model (its
-        offsets committed while they are still ours), end their alerts, drop their state."""
+        """Cameras on revoked partitions move to another instance: finish the batches in the models
+        (their offsets committed while they are still ours), end their alerts, drop their state."""
         if self._producer is not None:
             try:
                 self._drain()
