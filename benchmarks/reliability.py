@@ -225,7 +225,9 @@ class Service:
             "kafka": {"bootstrap_servers": bootstrap},
             "consumer": {"group_id": frames_topic},
             "topics": self.topics,
-            "model": {"artifact": str(artifact), "backend": "onnxruntime", "threads": 1},
+            # One model thread: the cameras, the broker and the score reader share the 2 cores (and
+            # the committed results were measured so, before `model.workers: auto` became the default).
+            "model": {"artifact": str(artifact), "backend": "onnxruntime", "threads": 1, "workers": 1},
             "batching": {"max_batch": 8, "max_wait_ms": 20},
             "intake": {"mode": mode, "max_frame_age_seconds": 2.0, "decode_workers": 1},
             "http": {"host": "127.0.0.1", "port": self.port},
