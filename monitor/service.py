@@ -58,9 +58,9 @@ BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
 STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
 CONCURRENT_BACKENDS = ("onnxruntime", "torch")  # runtimes whose calls may run on several threads at once
-# `model.workers: auto` on a CPU. Measured on 2 cores (benchmarks/results/stream.md, the last
-# session's runs): ONNX Runtime with 2 intra-op threads keeps ~1.35 cores busy; two workers of one
-# thread each are the faster service in every round (e.g. 123-152 against 97-120 frames/s).
+# `model.workers: auto` on a CPU. Measured on 2 cores (benchmarks/results/stream.md and
+# stream_repeat.md): ONNX Runtime with 2 intra-op threads keeps ~1.35 cores busy; two workers of one
+# thread each were the faster service in every round (121-155 against 98-142 frames/s).
 AUTO_CPU_WORKERS = 2
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
 
@@ -237,7 +237,7 @@ class MonitorService:
                 f"({', '.join(CONCURRENT_BACKENDS)}), not {runtime.backend}; set it to 1"
             )
         # The model threads: every runtime call runs on one of them, never on the main loop (with one
-        # worker, the default, always the same thread: a GPU runtime keeps its context and stream).
+        # worker, as on a GPU, always the same thread: a GPU runtime keeps its context and stream).
         self._model_thread = ThreadPoolExecutor(self.workers, thread_name_prefix="anomon-model")
         # Batches in the models, oldest first, finished (published, committed) in that order.
         self._inflight: deque[InFlight] = deque()
@@ -766,15 +766,15 @@ def serve(
     runtime = open_runtime(
         cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=plan.threads
     )
-    print(
-        f"anomon run: serving {runtime.describe()} with model.workers {plan.workers}, "
-        f"model.threads {plan.threads or 'the backend default'}",
-        file=sys.stderr,
-    )
     topics = cfg.topics
     # Output topics get the frames topic's default partitioning; existing topics are left alone.
     create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
     service = MonitorService(cfg, runtime)
+    print(
+        f"anomon run: serving {runtime.describe()} with model.workers {service.workers}, "
+        f"model.threads {plan.threads or 'the backend default'}",
+        file=sys.stderr,
+    )
     # Start-up objects (torch, the runtime, ...) never become garbage: keep them out of collections.
     gc.collect()
     gc.freeze()

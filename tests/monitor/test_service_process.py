@@ -203,6 +203,7 @@ def test_a_killed_service_loses_no_frame_after_a_restart(
     duplicates = len(scored) - len(sent)
     workers = plan_model(load_service_config(config, environ={}).model).workers
     assert 0 <= duplicates <= (workers + 1) * MAX_BATCH
+    assert f"with model.workers {workers}, model.threads 1" in "".join(second.stderr), "says what it chose"
     assert f"stopped after {len(scored) - before_kill} frames scored" in stdout
 
 
