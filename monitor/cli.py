@@ -252,6 +252,7 @@ def _service_config(args: argparse.Namespace) -> Any:
         "model.backend": getattr(args, "backend", None),
         "model.device": getattr(args, "device", None),
         "model.threads": getattr(args, "threads", None),
+        "model.workers": getattr(args, "workers", None),
         "kafka.bootstrap_servers": getattr(args, "bootstrap", None),
         "consumer.group_id": getattr(args, "group_id", None),
         "intake.mode": getattr(args, "mode", None),
@@ -405,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact", help="exported model folder or checkpoint (model.artifact)")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), help="model.backend")
     p.add_argument("--device", help="model.device: cpu or cuda[:N]")
-    p.add_argument("--threads", type=int, help="model.threads")
+    p.add_argument("--threads", type=int, help="model.threads (per worker)")
+    p.add_argument("--workers", help="model.workers: auto (2 on a CPU, 1 on a GPU) or a number")
     p.add_argument("--bootstrap", metavar="HOST:PORT", help="kafka.bootstrap_servers")
     p.add_argument("--group-id", help="consumer.group_id (instances with one id share the cameras)")
     p.add_argument("--mode", choices=("live", "replay"), help="intake.mode: live drops stale frames")

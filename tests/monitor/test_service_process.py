@@ -144,24 +144,28 @@ def _wait_for(read_records: RecordReader, topic: str, count: int, timeout_s: flo
     return records
 
 
-@pytest.mark.parametrize("source", ["yaml", "environment"])
+@pytest.mark.parametrize("source", ["yaml", "environment", "flag"])
 def test_a_bad_configuration_fails_at_start_with_one_line_naming_the_field(
     source: str, tmp_path: Path, tiny_artifact: Path
 ) -> None:
     config = tmp_path / "run.yaml"
     sections: dict[str, Any] = {"model": {"artifact": str(tiny_artifact)}}
-    env = {}
+    env, flags = {}, []
+    field, fix = "batching.max_batch", "greater than or equal to 1"
     if source == "yaml":
         sections["batching"] = {"max_batch": 0}
-    else:
+    elif source == "environment":
         env["ANOMON__BATCHING__MAX_BATCH"] = "0"
+    else:
+        flags = ["--workers", "two"]
+        field, fix = "model.workers", "set auto or 1 to 16"
     config.write_text(yaml.safe_dump(sections))
-    run = AnomonRun(config, env=env)
+    run = AnomonRun(config, *flags, env=env)
     code, _ = run.wait()
     lines = "".join(run.stderr).strip().splitlines()
     assert code == 2
     assert len(lines) == 1, lines
-    assert "batching.max_batch" in lines[0] and "greater than or equal to 1" in lines[0]
+    assert f"field '{field}'" in lines[0] and fix in lines[0]
 
 
 def test_a_killed_service_loses_no_frame_after_a_restart(
