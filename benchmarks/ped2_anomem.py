@@ -26,10 +26,17 @@ from model.evaluation import evaluate_path
 from model.pipeline import load_model, train
 
 ROOT = Path(__file__).resolve().parent
-FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None}
+# The rows below the default were trained when motion was the normal-flow speed (`flow`), so they
+# keep it: the `normal-flow-motion` row is the previous default, and the default differs from it
+# only by the Lucas-Kanade speed.
+FLOW = {"model.motion_features": "flow"}
+FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None, **FLOW}
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Defaults: EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion.
+    # Defaults: EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion as
+    # the Lucas-Kanade optical-flow speed.
     "anomem-default": {},
+    # The previous default (v4): the same with the normal-flow speed per cell.
+    "normal-flow-motion": FLOW,
     # The earlier default (v3): the pretrained encoder frozen, only memories and heads trained.
     "frozen-encoder": FROZEN,
     # Ablations of the frozen-encoder configuration (trained before fine-tuning became the default).
@@ -37,7 +44,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "frozen-no-motion": {**FROZEN, "input.motion": False},
     "frozen-global-stats": {**FROZEN, "model.per_position_stats": False},
     # The paper's encoder: ResNet-18 from scratch, trained by stage 1 (same 3 epochs, one learning rate).
-    "resnet18-scratch": {"model.encoder": "resnet18", "model.pretrained": False, "train.encoder_lr": None},
+    "resnet18-scratch": {
+        "model.encoder": "resnet18",
+        "model.pretrained": False,
+        "train.encoder_lr": None,
+        **FLOW,
+    },
 }
 DETECTOR_OF = "anomem-default"  # the Deep-SVDD row reuses this variant's stage 1
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -25,6 +26,19 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _odd_window(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError(f"must be odd so the window is centred on its pixel, e.g. {value + 1}")
+    return value
+
+
+OddWindow = Annotated[
+    int,
+    Field(ge=3, le=63, description="lk: least-squares window in input pixels (odd)"),
+    AfterValidator(_odd_window),
+]
 
 
 class InputSpec(_Strict):
@@ -69,7 +83,12 @@ class AnoMemConfig(_Strict):
         MemoryConfig(slots=512),
         MemoryConfig(slots=1024),
     )
-    motion_features: Literal["diff", "flow"] = "flow"
+    motion_features: Literal["diff", "flow", "lk"] = Field(
+        "lk",
+        description="per-cell motion statistics: diff (mean and max frame difference), flow (normal-flow "
+        "speed), lk (Lucas-Kanade optical-flow speed over flow_window pixels)",
+    )
+    flow_window: OddWindow = 15
     motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(8, ge=1)
@@ -113,9 +132,14 @@ class DAADConfig(_Strict):
     slots: int = Field(256, ge=2, description="memory items per memory stage")
     beta: float = Field(10.0, gt=0, description="inverse temperature of the cosine addressing")
     shrink: float = Field(2.0, ge=0, description="hard-shrinkage threshold in units of 1/slots")
-    motion_features: Literal["diff", "flow"] = "flow"
+    motion_features: Literal["diff", "flow", "lk"] = Field(
+        "lk",
+        description="motion channel: diff (frame difference), flow (normal-flow speed), lk (Lucas-Kanade "
+        "optical-flow speed over flow_window pixels)",
+    )
+    flow_window: OddWindow = 15
     speed_scale: float = Field(
-        4.0, gt=0, description="flow: normal-flow speed (input pixels per frame) read as motion 1.0"
+        4.0, gt=0, description="flow, lk: speed (input pixels per frame) read as motion 1.0"
     )
     motion_weight: float = Field(8.0, ge=0, description="weight of the motion channel's squared error")
     discriminator_widths: tuple[int, ...] = (16, 32, 64, 128)

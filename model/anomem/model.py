@@ -19,8 +19,9 @@ from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec
 from model.memory import HopfieldMemory
+from model.motion import lucas_kanade_speed, sobel_kernels
 
-MOTION_CHANNELS = 2  # mean and max absolute frame difference over each feature cell
+MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and a speed (or max difference)
 
 
 @dataclass
@@ -65,8 +66,7 @@ class AnoMem(nn.Module):
         weights = cfg.scale_weights or tuple(1.0 / len(self.scales) for _ in self.scales)
         self.register_buffer("scale_weights", torch.tensor(weights, dtype=torch.float32))
         self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
-        sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-        self.register_buffer("sobel", torch.stack([sobel, sobel.t()])[:, None], persistent=False)
+        self.register_buffer("sobel", sobel_kernels(), persistent=False)
         sizes = self.map_sizes()
         self.map_size = sizes[0]
         for i, (h, w) in enumerate(sizes[1:]):
@@ -93,15 +93,19 @@ class AnoMem(nn.Module):
     def split_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 [B, C, H, W] -> (frame in [0, 1], motion field or None).
 
-        The motion field holds |frame - previous| and, for `flow` features, the spatial gradient
-        magnitude ([B, 2, H, W]), both averaged over colour; their ratio per cell is the normal-flow
-        speed (see `_pool_motion`).
+        The motion field holds |frame - previous| averaged over colour and, for `flow` features, the
+        spatial gradient magnitude (their ratio per cell is the normal-flow speed), for `lk` the
+        Lucas-Kanade optical-flow speed ([B, 2, H, W]; see `_pool_motion`).
         """
         x = frames.float() / 255.0
         c = self.spec.frame_channels
         if not self.spec.motion:
             return x, None
         current, previous = x[:, :c], x[:, c:]
+        if self.cfg.motion_features == "lk":
+            temporal = (current - previous).abs().mean(dim=1, keepdim=True)
+            speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
+            return current, torch.cat([temporal, speed], dim=1)
         if self.cfg.motion_features == "flow":
             # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
             current_s = F.avg_pool2d(current, 3, stride=1, padding=1, count_include_pad=False)
@@ -179,7 +183,8 @@ def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int], kind:
 
     `diff`: mean and max |frame difference|. `flow`: mean |frame difference| and the normal-flow
     speed sum|dI/dt| / sum|grad I| (optical-flow constraint; pixels per frame, independent of the
-    object's contrast, so a cyclist reads about three times a walker).
+    object's contrast, so a cyclist reads about three times a walker). `lk`: mean |frame difference|
+    and the mean Lucas-Kanade speed (pixels per frame).
     """
     h, w = int(size[0]), int(size[1])
     kh, kw = math.ceil(motion.shape[-2] / h), math.ceil(motion.shape[-1] / w)
@@ -187,6 +192,8 @@ def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int], kind:
     mean = F.avg_pool2d(temporal, (kh, kw), ceil_mode=True)
     if kind == "flow":
         second = mean / (F.avg_pool2d(motion[:, 1:], (kh, kw), ceil_mode=True) + 0.01)
+    elif kind == "lk":
+        second = F.avg_pool2d(motion[:, 1:], (kh, kw), ceil_mode=True)
     else:
         second = F.max_pool2d(temporal, (kh, kw), ceil_mode=True)
     pooled = torch.cat([mean, second], dim=1)

@@ -1,0 +1,74 @@
+"""Motion cues computed inside the scoring graph from a frame and its predecessor.
+
+Everything here is convolutions, pooling and arithmetic, so it exports to ONNX and TensorRT with the
+rest of the model and runs on the device that scores the frame.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sobel_kernels() -> torch.Tensor:
+    """The x and y Sobel kernels, scaled to intensity units per pixel: [2, 1, 3, 3]."""
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+    return torch.stack([sobel, sobel.t()])[:, None]
+
+
+def _blur(x: torch.Tensor, size: int) -> torch.Tensor:
+    return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
+
+
+def _window_mean(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """Mean over a `size` x `size` window around each pixel, clipped at the borders.
+
+    The same as `_blur`, computed as two depthwise 1-D convolutions channels-last: about 6x faster
+    than a 15x15 average pool on the CPU, and a plain grouped convolution for ONNX and TensorRT.
+    """
+    pad = size // 2
+    # Built from Python ints (`channels` too, not x.shape) so that the ONNX export sees constant kernels.
+    row = torch.ones(channels, 1, 1, size, dtype=x.dtype, device=x.device)
+    column = torch.ones(channels, 1, size, 1, dtype=x.dtype, device=x.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    sums = F.conv2d(
+        F.conv2d(x, row, padding=(0, pad), groups=channels), column, padding=(pad, 0), groups=channels
+    )
+    ones = x.new_ones(1, 1, x.shape[-2], x.shape[-1])
+    counts = F.conv2d(F.conv2d(ones, row[:1], padding=(0, pad)), column[:1], padding=(pad, 0))
+    return sums / counts
+
+
+def lucas_kanade_speed(
+    current: torch.Tensor, previous: torch.Tensor, sobel: torch.Tensor, window: int
+) -> torch.Tensor:
+    """Optical-flow speed (input pixels per frame) of frames in [0, 1]: [B, C, H, W] -> [B, 1, H, W].
+
+    Lucas-Kanade: the flow (u, v) that best satisfies Ix u + Iy v + It = 0 in the least-squares sense
+    over a `window` x `window` neighbourhood, from a lightly regularized 2x2 system per pixel. Unlike
+    the normal flow (|It| / |grad I|, the component along the gradient only), the window lets the
+    flow of an object's edges fill its textureless interior, so a cell's mean speed measures the
+    object's speed. One scale, no warping: valid for displacements up to a few pixels, which covers
+    pedestrians and cyclists at surveillance frame rates and these input sizes.
+    """
+    current = _blur(current, 3).mean(dim=1, keepdim=True)
+    previous = _blur(previous, 3).mean(dim=1, keepdim=True)
+    grad = F.conv2d(F.pad((current + previous) / 2, (1, 1, 1, 1), mode="replicate"), sobel)
+    ix, iy = grad[:, :1], grad[:, 1:]
+    it = current - previous
+    products = [ix * ix, ix * iy, iy * iy, ix * it, iy * it]
+    sums = _window_mean(torch.cat(products, dim=1), window, len(products))
+    # Keeps flat regions (no gradient) at zero flow instead of dividing by ~0; small enough that a
+    # low-contrast object (gradient energy ~1e-4 in [0, 1] intensity units) keeps its speed.
+    reg = 1e-6
+    a, b, c = sums[:, :1] + reg, sums[:, 1:2], sums[:, 2:3] + reg
+    # Every term divided by the trace first: the same flow, but each factor stays of order one, so
+    # half precision (FP16 graphs, TensorRT) neither underflows the determinant (~1e-12 on flat
+    # ground) nor overflows it on strong edges.
+    trace = a + c
+    a, b, c = a / trace, b / trace, c / trace
+    d, e = sums[:, 3:4] / trace, sums[:, 4:5] / trace
+    det = a * c - b * b
+    u = (b * e - c * d) / det
+    v = (b * d - a * e) / det
+    return (u * u + v * v).add(1e-12).sqrt()

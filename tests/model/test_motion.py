@@ -1,0 +1,112 @@
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import ConfigError, parse_config
+from model.motion import _window_mean, lucas_kanade_speed, sobel_kernels
+from model.pipeline import build_model
+from tests.conftest import TINY, tiny_config, tiny_daad_config
+
+
+def _texture(seed: int = 0, size: tuple[int, int] = (96, 128)) -> torch.Tensor:
+    """Smooth random texture in [0, 1], [1, 1, H, W]: linear enough for a few pixels of motion."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, size[0] + 16, size[1] + 16, generator=g)
+    for _ in range(3):
+        noise = F.avg_pool2d(noise, 5, stride=1, padding=2, count_include_pad=False)
+    noise = noise[..., 8:-8, 8:-8]
+    return (noise - noise.min()) / (noise.max() - noise.min())
+
+
+def _interior_speed(previous: torch.Tensor, current: torch.Tensor) -> float:
+    speed = lucas_kanade_speed(current, previous, sobel_kernels(), 15)
+    assert speed.shape == (1, 1, *current.shape[-2:])
+    return float(speed[..., 16:-16, 16:-16].median())
+
+
+@pytest.mark.parametrize(("dy", "dx"), [(0, 1), (1, 0), (0, 2), (-2, 1)])
+def test_lucas_kanade_speed_reads_the_shift_in_pixels_per_frame(dy: int, dx: int) -> None:
+    frame = _texture()
+    moved = torch.roll(frame, shifts=(dy, dx), dims=(-2, -1))
+    expected = float(np.hypot(dy, dx))
+    assert _interior_speed(frame, moved) == pytest.approx(expected, rel=0.25)
+
+
+@pytest.mark.parametrize("size", [3, 7, 15])
+def test_window_mean_is_the_border_clipped_average(size: int) -> None:
+    x = torch.rand(2, 5, 20, 31)
+    expected = F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
+    torch.testing.assert_close(_window_mean(x, size, 5), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_lucas_kanade_speed_is_zero_for_a_still_frame_and_a_flat_one() -> None:
+    frame = _texture(seed=1)
+    assert _interior_speed(frame, frame) < 1e-3
+    flat = torch.full((1, 1, 64, 64), 0.5)
+    assert float(lucas_kanade_speed(flat + 0.1, flat, sobel_kernels(), 15).max()) < 1e-3
+
+
+def test_lucas_kanade_speed_does_not_depend_on_contrast() -> None:
+    frame = _texture(seed=2)
+    moved = torch.roll(frame, shifts=(0, 1), dims=(-2, -1))
+    full = _interior_speed(frame, moved)
+    assert _interior_speed(0.3 * frame + 0.2, 0.3 * moved + 0.2) == pytest.approx(full, rel=0.05)
+
+
+def test_lucas_kanade_speed_holds_in_half_precision() -> None:
+    """FP16 graphs run it in half precision: flat ground must not underflow into NaN."""
+    frame = _texture(seed=3)
+    frame[..., :, :48] = 0.5  # a flat region beside the texture
+    moved = torch.roll(frame, shifts=(0, 1), dims=(-2, -1))
+    full = lucas_kanade_speed(moved, frame, sobel_kernels(), 15)
+    half = lucas_kanade_speed(moved.half(), frame.half(), sobel_kernels().half(), 15).float()
+    assert torch.isfinite(half).all()
+    assert (half - full).abs().mean() < 0.02
+
+
+def _onnx_matches_torch(model: torch.nn.Module, channels: int, path: Path) -> None:
+    x = torch.randint(0, 256, (2, channels, 32, 48), dtype=torch.uint8)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["frames"],
+        output_names=["score", "anomaly_map"],
+        dynamic_axes={"frames": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frames = torch.randint(0, 256, (3, channels, 32, 48), dtype=torch.uint8)
+    score, heatmap = session.run(None, {"frames": frames.numpy()})
+    with torch.no_grad():
+        ref_score, ref_map = model(frames)
+    np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(heatmap, ref_map.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["anomem", "daad"])
+def test_models_with_lucas_kanade_motion_export_to_onnxruntime_like_pytorch(
+    name: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    overrides = {"motion_features": "lk", "flow_window": 7}
+    cfg = tiny_config(**overrides) if name == "anomem" else tiny_daad_config(**overrides)
+    model = build_model(cfg).eval()
+    # The motion features reach the score: a moving frame and a still one score differently.
+    still = torch.randint(0, 256, (1, 1, 32, 48), dtype=torch.uint8).repeat(1, 2, 1, 1)
+    moving = torch.cat([still[:, :1], torch.roll(still[:, 1:], shifts=2, dims=-1)], dim=1)
+    with torch.no_grad():
+        assert not torch.allclose(model(still)[0], model(moving)[0])
+    _onnx_matches_torch(model, cfg.input.channels, tmp_path / f"{name}.onnx")
+
+
+def test_even_flow_window_is_refused_with_the_field_named() -> None:
+    data = {k: dict(v) for k, v in TINY.items()}
+    data["model"]["flow_window"] = 8
+    with pytest.raises(ConfigError, match=r"model\.flow_window.*odd"):
+        parse_config(data, "cfg.yaml")
