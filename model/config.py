@@ -133,7 +133,7 @@ class DAADConfig(_Strict):
     beta: float = Field(10.0, gt=0, description="inverse temperature of the cosine addressing")
     shrink: float = Field(2.0, ge=0, description="hard-shrinkage threshold in units of 1/slots")
     motion_features: Literal["diff", "flow", "lk"] = Field(
-        "lk",
+        "flow",
         description="motion channel: diff (frame difference), flow (normal-flow speed), lk (Lucas-Kanade "
         "optical-flow speed over flow_window pixels)",
     )
