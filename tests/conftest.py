@@ -7,7 +7,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from model.config import ExperimentConfig, parse_config
 
@@ -46,6 +48,29 @@ TINY_DAAD = {
     },
     "train": {"epochs": 2, "batch_size": 8, "frames_per_epoch": 48, "lr": 2e-3},
 }
+
+
+def assert_onnx_matches_torch(model: torch.nn.Module, channels: int, path: Path) -> None:
+    """Export `model` (batch 2) and check ONNX Runtime scores another batch size as PyTorch does."""
+    x = torch.randint(0, 256, (2, channels, 32, 48), dtype=torch.uint8)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        opset_version=17,
+        dynamo=False,
+        input_names=["frames"],
+        output_names=["score", "anomaly_map"],
+        dynamic_axes={"frames": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    frames = torch.randint(0, 256, (5, channels, 32, 48), dtype=torch.uint8)
+    score, heatmap = session.run(None, {"frames": frames.numpy()})
+    with torch.no_grad():
+        ref_score, ref_map = model(frames)
+    # fp32 on both sides; differences come from summation order only.
+    np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(heatmap, ref_map.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def tiny_daad_config(**model_overrides: object) -> ExperimentConfig:

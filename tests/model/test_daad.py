@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -12,7 +10,7 @@ from model import pipeline
 from model.daad import train as daad_train
 from model.daad.model import DAAD
 from model.evaluation import evaluate_path
-from tests.conftest import tiny_daad_config
+from tests.conftest import assert_onnx_matches_torch, tiny_daad_config
 
 
 @pytest.mark.parametrize("motion", [True, False])
@@ -96,26 +94,7 @@ def test_latent_distance_is_the_top_cells_or_the_pooled_features() -> None:
 def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = pipeline.build_model(tiny_daad_config()).eval()
-    x = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
-    f = tmp_path / "daad.onnx"
-    torch.onnx.export(
-        model,
-        (x,),
-        str(f),
-        opset_version=17,
-        dynamo=False,
-        input_names=["frames"],
-        output_names=["score", "anomaly_map"],
-        dynamic_axes={"frames": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
-    )
-    session = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
-    frames = torch.randint(0, 256, (5, 2, 32, 48), dtype=torch.uint8)  # another batch size
-    score, heatmap = session.run(None, {"frames": frames.numpy()})
-    with torch.no_grad():
-        ref_score, ref_map = model(frames)
-    # fp32 on both sides; differences come from summation order only.
-    np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(heatmap, ref_map.numpy(), rtol=1e-4, atol=1e-4)
+    assert_onnx_matches_torch(model, 2, tmp_path / "daad.onnx")
 
 
 def test_training_smoke_writes_a_checkpoint_that_serves_and_evaluates(

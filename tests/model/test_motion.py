@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from model.config import ConfigError, parse_config
 from model.motion import _window_mean, lucas_kanade_speed, sobel_kernels
 from model.pipeline import build_model
-from tests.conftest import TINY, tiny_config, tiny_daad_config
+from tests.conftest import TINY, assert_onnx_matches_torch, tiny_config, tiny_daad_config
 
 
 def _texture(seed: int = 0, size: tuple[int, int] = (96, 128)) -> torch.Tensor:
@@ -68,27 +67,6 @@ def test_lucas_kanade_speed_holds_in_half_precision() -> None:
     assert (half - full).abs().mean() < 0.02
 
 
-def _onnx_matches_torch(model: torch.nn.Module, channels: int, path: Path) -> None:
-    x = torch.randint(0, 256, (2, channels, 32, 48), dtype=torch.uint8)
-    torch.onnx.export(
-        model,
-        (x,),
-        str(path),
-        opset_version=17,
-        dynamo=False,
-        input_names=["frames"],
-        output_names=["score", "anomaly_map"],
-        dynamic_axes={"frames": {0: "batch"}, "score": {0: "batch"}, "anomaly_map": {0: "batch"}},
-    )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    frames = torch.randint(0, 256, (3, channels, 32, 48), dtype=torch.uint8)
-    score, heatmap = session.run(None, {"frames": frames.numpy()})
-    with torch.no_grad():
-        ref_score, ref_map = model(frames)
-    np.testing.assert_allclose(score, ref_score.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(heatmap, ref_map.numpy(), rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("name", ["anomem", "daad"])
 def test_models_with_lucas_kanade_motion_export_to_onnxruntime_like_pytorch(
     name: str, tmp_path: Path
@@ -102,7 +80,7 @@ def test_models_with_lucas_kanade_motion_export_to_onnxruntime_like_pytorch(
     moving = torch.cat([still[:, :1], torch.roll(still[:, 1:], shifts=2, dims=-1)], dim=1)
     with torch.no_grad():
         assert not torch.allclose(model(still)[0], model(moving)[0])
-    _onnx_matches_torch(model, cfg.input.channels, tmp_path / f"{name}.onnx")
+    assert_onnx_matches_torch(model, cfg.input.channels, tmp_path / f"{name}.onnx")
 
 
 def test_even_flow_window_is_refused_with_the_field_named() -> None:
