@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from report import write_report
 
 from model.anomem import train as anomem_train
 from model.anomem.model import AnoMem
@@ -85,19 +86,13 @@ def main() -> None:
         "protocol": "MODELS.md: all 2010 Ped2 test frames; a test-set ablation, not a tuning result",
         "rows": rows,
     }
-    out = Path(args.out)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "# AnoMem stage-2 statistics on the committed stage 1 (Ped2 test set; an ablation)",
-        "",
-        f"`{report['command']}`",
-        "",
-        "| statistics | causal micro | paper micro | macro | pixel |",
-        "|---|---|---|---|---|",
-        *(f"| {r['variant']} | " + " | ".join(f"{r[k]:.3f}" for k in METRICS) + " |" for r in rows),
-    ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(
+        args.out,
+        report,
+        "AnoMem stage-2 statistics on the committed stage 1 (Ped2 test set; an ablation)",
+        ["statistics", "causal micro", "paper micro", "macro", "pixel"],
+        [[r["variant"], *(f"{r[k]:.3f}" for k in METRICS)] for r in rows],
+    )
 
 
 if __name__ == "__main__":

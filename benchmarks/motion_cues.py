@@ -26,12 +26,13 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from report import write_report
 from tqdm import tqdm
 
 from model.config import InputSpec
 from model.data import load_clips
 from model.metrics import causal_smooth, frame_aurocs
-from model.motion import lucas_kanade_speed, sobel_kernels
+from model.motion import lucas_kanade_speed, normal_flow_field, sobel_kernels
 
 RESULTS = Path(__file__).parent / "results"
 SIZE = (160, 240)
@@ -48,13 +49,8 @@ def _pair(frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 def normal_flow(frames: np.ndarray) -> torch.Tensor:
     """sum|dI/dt| / sum|grad I| per cell, as `motion_features: flow` computes it."""
-    x, previous = _pair(frames)
-    current = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-    previous = F.avg_pool2d(previous, 3, stride=1, padding=1, count_include_pad=False)
-    temporal = (current - previous).abs()
-    mid = F.pad((current + previous) / 2, (1, 1, 1, 1), mode="replicate")
-    gradient = F.conv2d(mid, sobel_kernels()).pow(2).sum(1, keepdim=True).sqrt()
-    return F.avg_pool2d(temporal, CELL) / (F.avg_pool2d(gradient, CELL) + 0.01)
+    field = normal_flow_field(*_pair(frames), sobel_kernels())
+    return F.avg_pool2d(field[:, :1], CELL) / (F.avg_pool2d(field[:, 1:], CELL) + 0.01)
 
 
 def lucas_kanade(frames: np.ndarray) -> torch.Tensor:
@@ -112,23 +108,13 @@ def main() -> None:
         f"causal mean over {SMOOTHING} frames, pooled (causal micro AUROC); a test-set diagnostic",
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "# A speed cue alone on Ped2 (causal micro AUROC; a test-set diagnostic, no model)",
-        "",
-        f"`{command}`",
-        "",
-        "| cue | " + " | ".join(f"top-{k} cells" for k in TOPK) + " | ms/frame |",
-        "|---|" + "---|" * (len(TOPK) + 1),
-        *(
-            f"| {r['cue']} | " + " | ".join(f"{r[f'top{k}']:.3f}" for k in TOPK) + f" | {r['ms_per_frame']} |"
-            for r in rows
-        ),
-    ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(
+        args.out,
+        report,
+        "A speed cue alone on Ped2 (causal micro AUROC; a test-set diagnostic, no model)",
+        ["cue", *(f"top-{k} cells" for k in TOPK), "ms/frame"],
+        [[r["cue"], *(f"{r[f'top{k}']:.3f}" for k in TOPK), str(r["ms_per_frame"])] for r in rows],
+    )
 
 
 if __name__ == "__main__":

@@ -37,3 +37,23 @@ def write_results(out: str | Path, env: dict[str, Any], rows: list[dict[str, Any
     path.with_suffix(".json").write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown)
     print(markdown)
+
+
+def write_report(
+    out: str | Path, report: dict[str, Any], title: str, header: list[str], cells: list[list[str]]
+) -> None:
+    """OUT.json (`report`, which holds its `command`) and OUT.md: the title, the command, one table."""
+    path = Path(out).with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"# {title}",
+        "",
+        f"`{report['command']}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in cells),
+    ]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))

@@ -41,6 +41,21 @@ def _window_mean(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
     return sums / counts
 
 
+def normal_flow_field(current: torch.Tensor, previous: torch.Tensor, sobel: torch.Tensor) -> torch.Tensor:
+    """|dI/dt| and |grad I| of frames in [0, 1], both averaged over colour: [B, C, H, W] -> [B, 2, H, W].
+
+    Their ratio summed over a cell, sum|dI/dt| / sum|grad I|, is the normal-flow speed (the motion
+    component along the gradient, from the optical-flow constraint).
+    """
+    # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
+    current = _blur(current, 3)
+    previous = _blur(previous, 3)
+    temporal = (current - previous).abs().mean(dim=1, keepdim=True)
+    mid = ((current + previous) / 2).mean(dim=1, keepdim=True)
+    gradient = F.conv2d(F.pad(mid, (1, 1, 1, 1), mode="replicate"), sobel).pow(2).sum(1, keepdim=True)
+    return torch.cat([temporal, gradient.add(1e-12).sqrt()], dim=1)
+
+
 def lucas_kanade_speed(
     current: torch.Tensor, previous: torch.Tensor, sobel: torch.Tensor, window: int
 ) -> torch.Tensor:

@@ -19,7 +19,7 @@ from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec
 from model.memory import HopfieldMemory
-from model.motion import lucas_kanade_speed, sobel_kernels
+from model.motion import lucas_kanade_speed, normal_flow_field, sobel_kernels
 
 MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and a speed (or max difference)
 
@@ -107,15 +107,7 @@ class AnoMem(nn.Module):
             speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
             return current, torch.cat([temporal, speed], dim=1)
         if self.cfg.motion_features == "flow":
-            # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
-            current_s = F.avg_pool2d(current, 3, stride=1, padding=1, count_include_pad=False)
-            previous_s = F.avg_pool2d(previous, 3, stride=1, padding=1, count_include_pad=False)
-            temporal = (current_s - previous_s).abs().mean(dim=1, keepdim=True)
-            mid = ((current_s + previous_s) / 2).mean(dim=1, keepdim=True)
-            gradient = (
-                F.conv2d(F.pad(mid, (1, 1, 1, 1), mode="replicate"), self.sobel).pow(2).sum(1, keepdim=True)
-            )
-            return current, torch.cat([temporal, gradient.add(1e-12).sqrt()], dim=1)
+            return current, normal_flow_field(current, previous, self.sobel)
         return current, (current - previous).abs().mean(dim=1, keepdim=True)
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
