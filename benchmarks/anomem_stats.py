@@ -47,7 +47,10 @@ def refit(checkpoint: str, data: str, per_position: bool, shrinkage: float, out:
     model.cfg = model.cfg.model_copy(update=update)  # what fit_deviation_stats reads
     cfg = meta.config.model_copy(update={"model": model.cfg})
     fit_clips, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
-    anomem_train.fit_deviation_stats(model, anomem_train.deviation_maps(model, model_inputs(fit_clips, cfg)))
+    inputs = model_inputs(fit_clips, cfg)
+    deviations = anomem_train.deviation_maps(model, inputs)
+    anomem_train.fit_deviation_stats(model, deviations)
+    anomem_train.fit_term_stats(model, inputs, deviations)
     raw, maps = score_inputs(model, model_inputs(holdout, cfg), desc="calibration")
     calibration, map_calibration = calibrate_outputs(raw, maps, cfg.train.false_alarm_rate)
     meta = meta.model_copy(

@@ -40,6 +40,7 @@ from model.anomem.train import (  # noqa: E402
     TrainState,
     deviation_maps,
     fit_deviation_stats,
+    fit_term_stats,
     stacked_maps,
     train_detector,
     train_stage1,
@@ -200,6 +201,7 @@ def run_class(
     t1 = time.perf_counter()
     deviations = deviation_maps(model, train_x, batch_size=score_batch, desc="train deviations")
     fit_deviation_stats(model, deviations)
+    fit_term_stats(model, train_x, deviations)
     train_detector(model, stacked_maps(model, deviations), cfg.train, state)
     _sync(device)
     t2 = time.perf_counter()

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.calibration import Calibration
-from model.config import ExperimentConfig
+from model.config import AnoMemConfig, ExperimentConfig, score_terms
 
 FORMAT = "anomon.checkpoint/1"
 
@@ -86,7 +86,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     if raw is None:
         raise CheckpointError(f"{path} has no anomon metadata: not a checkpoint written by anomon train")
     try:
-        meta = CheckpointMeta.model_validate(json.loads(raw))
+        fields = json.loads(raw)
+        meta = CheckpointMeta.model_validate(fields)
     except ValueError as err:
         raise CheckpointError(f"{path}: metadata does not validate ({str(err).splitlines()[0]})") from None
     if meta.format != FORMAT:
@@ -95,4 +96,32 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         raise CheckpointError(
             f"{path}: weights do not match the hash in its metadata (altered or damaged file)"
         )
+    if _before_score_terms(fields):
+        meta = _upgrade_score_terms(meta, tensors)
     return tensors, meta
+
+
+def _before_score_terms(fields: Any) -> bool:
+    """Whether metadata is an AnoMem checkpoint's from before the standardized score terms."""
+    try:
+        model = fields["config"]["model"]
+    except (KeyError, TypeError):
+        return False
+    return isinstance(model, dict) and model.get("name") == "anomem" and "score_weights" not in model
+
+
+def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> CheckpointMeta:
+    """Make an AnoMem checkpoint from before the motion term score exactly as it did.
+
+    Its one-class score was sum_l scale_weight_l * top-k(D_l): the same terms with identity
+    statistics, the scale weights, and weight 0 on the motion term.
+    """
+    cfg = meta.config
+    assert isinstance(cfg.model, AnoMemConfig)
+    terms = score_terms(cfg.model, cfg.input)
+    scales = len(cfg.model.scales)
+    weights = cfg.model.scale_weights or tuple(1.0 / scales for _ in range(scales))
+    weights = (*weights, *(0.0 for _ in range(terms - scales)))
+    tensors.setdefault("term_stats", torch.stack([torch.zeros(terms), torch.ones(terms)]))
+    model_cfg = cfg.model.model_copy(update={"score_weights": weights})
+    return meta.model_copy(update={"config": cfg.model_copy(update={"model": model_cfg})})

@@ -92,7 +92,17 @@ class AnoMemConfig(_Strict):
     motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(8, ge=1)
-    scale_weights: tuple[float, ...] | None = None
+    scale_weights: tuple[float, ...] | None = Field(
+        None, description="weights of the scales in the anomaly map; None: equal"
+    )
+    score_weights: tuple[float, ...] | None = Field(
+        None,
+        description="weights of the one-class score's terms, each standardized over the normal training "
+        "frames: one per scale, then the motion term when the input has motion; None: equal",
+    )
+    motion_topk: int = Field(
+        16, ge=1, description="the motion term is the mean speed of the k fastest stride-8 cells"
+    )
     map_sigma: float = Field(1.0, ge=0)
     score: Literal["oneclass", "svdd", "classifier"] = "oneclass"
     per_position_stats: bool = True
@@ -249,6 +259,23 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = AnoMemConfig()
     train: TrainConfig = TrainConfig()
 
+    @model_validator(mode="after")
+    def _check_score_weights(self) -> ExperimentConfig:
+        model = self.model
+        if isinstance(model, AnoMemConfig) and model.score_weights is not None:
+            expected = score_terms(model, self.input)
+            if len(model.score_weights) != expected:
+                motion = ", then one for the motion term" if self.input.motion else ""
+                raise ValueError(
+                    f"model.score_weights: must list {expected} weights, one per entry of scales{motion}"
+                )
+        return self
+
+
+def score_terms(model: AnoMemConfig, spec: InputSpec) -> int:
+    """How many terms AnoMem's one-class score adds up: one per scale, plus motion if the input has it."""
+    return len(model.scales) + (1 if spec.motion else 0)
+
 
 def _error_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
@@ -258,6 +285,10 @@ def _error_line(err: ValidationError, source: str) -> str:
         del loc[1]
     if first["type"] == "model_name":
         loc = ["model", "name"]
+    if not loc and first["type"] == "value_error":
+        # Checks across sections (ExperimentConfig's validators) start their message with the field.
+        field, _, message = str(first["ctx"]["error"]).partition(": ")
+        return f"{source}: field '{field}': {message}"
     field = ".".join(str(p) for p in loc) or "(top level)"
     return f"{source}: field '{field}': {first['msg']}"
 

@@ -116,6 +116,7 @@ def _fit_anomem(
     stage2_started = time.perf_counter()
     deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
     anomem_train.fit_deviation_stats(model, deviations)
+    anomem_train.fit_term_stats(model, inputs, deviations)
     stacked = anomem_train.stacked_maps(model, deviations)
     anomalous = None
     if anomalies is not None:

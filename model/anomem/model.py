@@ -17,7 +17,7 @@ from torch import nn
 from model.anomaly_map import gaussian_kernel, smooth, topk_mean
 from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
-from model.config import AnoMemConfig, InputSpec
+from model.config import AnoMemConfig, InputSpec, score_terms
 from model.memory import HopfieldMemory
 from model.motion import lucas_kanade_speed, normal_flow_field, sobel_kernels
 
@@ -36,6 +36,8 @@ class AnoMem(nn.Module):
     """AnoMem network: encoder, one Hopfield memory per used scale, standardized deviation maps."""
 
     scale_weights: torch.Tensor
+    score_weights: torch.Tensor
+    term_stats: torch.Tensor
     map_kernel: torch.Tensor
     sobel: torch.Tensor
 
@@ -65,6 +67,13 @@ class AnoMem(nn.Module):
         self.instance_head = _projection_head(self.encoder.out_channels[max(self.scales)], cfg.proj_dim)
         weights = cfg.scale_weights or tuple(1.0 / len(self.scales) for _ in self.scales)
         self.register_buffer("scale_weights", torch.tensor(weights, dtype=torch.float32))
+        terms = score_terms(cfg, spec)
+        score_weights = cfg.score_weights or tuple(1.0 / terms for _ in range(terms))
+        self.register_buffer(
+            "score_weights", torch.tensor(score_weights, dtype=torch.float32), persistent=False
+        )
+        # Normal mean (row 0) and std (row 1) of every one-class score term, fitted after stage 1.
+        self.register_buffer("term_stats", torch.stack([torch.zeros(terms), torch.ones(terms)]))
         self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
         self.register_buffer("sobel", sobel_kernels(), persistent=False)
         sizes = self.map_sizes()
@@ -137,6 +146,10 @@ class AnoMem(nn.Module):
             out.append((d - mean) / std)
         return out
 
+    def deviations(self, current: torch.Tensor, motion: torch.Tensor | None) -> list[torch.Tensor]:
+        """Standardized deviation maps of each used scale for a split input."""
+        return self.standardized(self.raw_deviations(self.describe(current, motion)))
+
     def stack_maps(self, standardized: list[torch.Tensor]) -> torch.Tensor:
         """Upsample every scale to the stride-8 grid: [B, L, h0, w0]."""
         return torch.cat(
@@ -147,10 +160,22 @@ class AnoMem(nn.Module):
             dim=1,
         )
 
-    def oneclass_score(self, standardized: list[torch.Tensor]) -> torch.Tensor:
-        """sum_l alpha_l * top-k mean of D_l."""
-        pooled = torch.stack([topk_mean(d, self.cfg.topk) for d in standardized], dim=1)
-        return (pooled * self.scale_weights).sum(dim=1)
+    def score_terms(self, standardized: list[torch.Tensor], motion: torch.Tensor | None) -> torch.Tensor:
+        """The one-class score's terms [B, T]: the top-k mean of every standardized D_l, then, when the
+        input has motion, the mean speed of the `motion_topk` fastest cells of the stride-8 grid.
+
+        The deviations see motion only as two of many memory channels; the speed term says directly
+        that something moves faster than anything in normal footage.
+        """
+        terms = [topk_mean(d, self.cfg.topk) for d in standardized]
+        if motion is not None:
+            speed = _pool_motion(motion, self.map_size, self.cfg.motion_features)[:, 1:]
+            terms.append(topk_mean(speed, self.cfg.motion_topk))
+        return torch.stack(terms, dim=1)
+
+    def oneclass_score(self, terms: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the terms, each standardized by its mean and std over normal frames."""
+        return ((terms - self.term_stats[0]) / self.term_stats[1] * self.score_weights).sum(dim=1)
 
     def anomaly_map(self, stacked: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the upsampled standardized deviations, Gaussian-smoothed: [B, 1, h0, w0]."""
@@ -160,9 +185,12 @@ class AnoMem(nn.Module):
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Score uint8 frames [B, C, H, W]: returns (raw score [B], anomaly map [B, 1, H/8, W/8])."""
         current, motion = self.split_input(frames)
-        standardized = self.standardized(self.raw_deviations(self.describe(current, motion)))
+        standardized = self.deviations(current, motion)
         stacked = self.stack_maps(standardized)
-        score = self.oneclass_score(standardized) if self.cfg.score == "oneclass" else self.detector(stacked)
+        if self.cfg.score == "oneclass":
+            score = self.oneclass_score(self.score_terms(standardized, motion))
+        else:
+            score = self.detector(stacked)
         return score, self.anomaly_map(stacked)
 
 

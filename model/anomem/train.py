@@ -166,6 +166,27 @@ def fit_deviation_stats(model: AnoMem, deviations: list[torch.Tensor]) -> None:
 
 
 @torch.no_grad()
+def fit_term_stats(
+    model: AnoMem, inputs: np.ndarray, deviations: list[torch.Tensor], batch_size: int = 64
+) -> None:
+    """Mean and std of every one-class score term over normal frames (after `fit_deviation_stats`).
+
+    Standardizing each term puts the scales and the speed on one footing before they are weighted:
+    their spreads over normal footage differ several-fold.
+    """
+    model.eval()
+    device = _device(model)
+    terms = []
+    for start in tqdm(range(0, len(inputs), batch_size), desc="score terms", unit="batch", leave=False):
+        _, motion = model.split_input(torch.from_numpy(inputs[start : start + batch_size]).to(device))
+        standardized = model.standardized([d[start : start + batch_size].to(device) for d in deviations])
+        terms.append(model.score_terms(standardized, motion).cpu())
+    stacked = torch.cat(terms)
+    stats = torch.stack([stacked.mean(dim=0), stacked.std(dim=0).clamp(min=1e-6)])
+    model.term_stats.copy_(stats.to(model.term_stats.device))
+
+
+@torch.no_grad()
 def stacked_maps(model: AnoMem, deviations: list[torch.Tensor]) -> torch.Tensor:
     """Standardized, upsampled deviation maps [N, L, h0, w0] (on the CPU) of raw per-scale deviations."""
     device = _device(model)

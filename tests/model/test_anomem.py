@@ -38,12 +38,53 @@ def test_one_scale_model_and_scale_weights() -> None:
     assert len(model.memories) == 1 and score.shape == (2,) and heatmap.shape == (2, 1, 4, 6)
 
 
+def test_oneclass_score_adds_standardized_terms_and_a_fast_object_raises_the_motion_term() -> None:
+    model = build_model(tiny_config(score_weights=[0.1, 0.2, 0.3, 0.4])).eval()
+    with torch.no_grad():
+        model.term_stats.copy_(torch.tensor([[1.0, 2.0, 3.0, 0.5], [2.0, 1.0, 4.0, 0.25]]))
+    frames = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        score, _ = model(frames)
+        current, motion = model.split_input(frames)
+        terms = model.score_terms(model.deviations(current, motion), motion)
+    weights = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    expected = ((terms - model.term_stats[0]) / model.term_stats[1] * weights).sum(1)
+    torch.testing.assert_close(score, expected)
+
+    # A textured square that moves 2 px a frame against one that stands still: only the speed differs.
+    rng = torch.Generator().manual_seed(0)
+    texture = torch.randint(0, 256, (12, 12), generator=rng, dtype=torch.uint8)
+    pair = torch.full((2, 2, 32, 48), 128, dtype=torch.uint8)
+    pair[:, :, 10:22, 20:32] = texture  # both frames of both pairs
+    pair[1, 1] = 128
+    pair[1, 1, 10:22, 18:30] = texture  # the second pair's previous frame: 2 px to the left
+    with torch.no_grad():
+        terms = model.score_terms([torch.zeros(2, 1, 4, 6)] * 3, model.split_input(pair)[1])
+    assert terms[0, 3] < 0.05 and terms[1, 3] > 0.5
+
+
+def test_term_statistics_standardize_normal_frames() -> None:
+    from model.anomem.train import deviation_maps, fit_deviation_stats, fit_term_stats
+
+    model = build_model(tiny_config()).eval()
+    inputs = torch.randint(0, 256, (40, 2, 32, 48), dtype=torch.uint8).numpy()
+    deviations = deviation_maps(model, inputs, batch_size=16)
+    fit_deviation_stats(model, deviations)
+    fit_term_stats(model, inputs, deviations, batch_size=16)
+    with torch.no_grad():
+        current, motion = model.split_input(torch.from_numpy(inputs))
+        terms = model.score_terms(model.deviations(current, motion), motion)
+    z = (terms - model.term_stats[0]) / model.term_stats[1]
+    torch.testing.assert_close(z.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(4), atol=1e-4, rtol=0)
+
+
 def test_detector_scores_drive_the_output_when_chosen() -> None:
     model = build_model(tiny_config(score="svdd")).eval()
     frames = torch.randint(0, 256, (2, 2, 32, 48), dtype=torch.uint8)
     score, _ = model(frames)
     current, motion = model.split_input(frames)
-    maps = model.stack_maps(model.standardized(model.raw_deviations(model.describe(current, motion))))
+    maps = model.stack_maps(model.deviations(current, motion))
     torch.testing.assert_close(score, model.detector(maps))
 
 

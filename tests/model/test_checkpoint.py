@@ -1,11 +1,19 @@
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from model.anomaly_map import topk_mean
 from model.calibration import calibrate
-from model.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from model.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    save_checkpoint,
+    weights_digest,
+)
 from model.pipeline import build_model, load_model
 from tests.conftest import tiny_config
 
@@ -50,3 +58,24 @@ def test_foreign_and_garbage_files_are_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "garbage.safetensors")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_anomem_checkpoint_from_before_the_score_terms_scores_as_it_did(tmp_path: Path) -> None:
+    """A v5 checkpoint (no score_weights, no term_stats) keeps its score: sum_l w_l * top-k(D_l)."""
+    cfg = tiny_config(scale_weights=[0.5, 0.3, 0.2])
+    model = build_model(cfg).eval()
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "term_stats"}
+    fields = json.loads(CheckpointMeta(name="anomem", version="v5", config=cfg).model_dump_json())
+    del fields["config"]["model"]["score_weights"]
+    fields["weights_sha256"] = weights_digest(tensors)
+    path = tmp_path / "v5.safetensors"
+    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+
+    restored, meta = load_model(path)
+    assert meta.config.model.score_weights == (0.5, 0.3, 0.2, 0.0)  # type: ignore[union-attr]
+    frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        score, _ = restored(frames)
+        deviations = restored.deviations(*restored.split_input(frames))
+    old = sum(w * topk_mean(d, cfg.model.topk) for w, d in zip((0.5, 0.3, 0.2), deviations, strict=True))
+    torch.testing.assert_close(score, old)

@@ -50,6 +50,8 @@ def test_committed_anomem_checkpoint_still_validates() -> None:
         ({"model.name": "daad", "model.scales": [0]}, "model.scales"),  # an AnoMem field
         ({"train.daad.w_adversarial": -1}, "train.daad.w_adversarial"),
         ({"train.daad.discriminator_lr": 0}, "train.daad.discriminator_lr"),
+        ({"model.score_weights": [1.0, 1.0, 1.0]}, "model.score_weights"),  # 3 scales + motion = 4
+        ({"input.motion": False, "model.score_weights": [1.0] * 4}, "model.score_weights"),
     ],
 )
 def test_bad_values_name_the_dotted_field(overrides: dict[str, object], field: str) -> None:
