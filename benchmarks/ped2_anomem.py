@@ -158,11 +158,20 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "model forward (PyTorch eager, CPU), median over 15 batches of 32 after warm-up. Train s = wall "
         "time of `anomon train` (stage 1 + stage 2 + calibration) on this CPU."
     )
+    rows_note = (
+        "Rows: anomem-default is the committed artifact (v6 score: standardized scale terms plus a "
+        "speed term). v5-scale-sum is the same network (training is deterministic) with the v5 score "
+        "(plain sum of the scales' top-k); the rows from normal-flow-motion to resnet18-scratch were "
+        "trained with that score and keep it, so they compare encoders, scales and motion with one "
+        "another. The last rows rescore the default's network: without the speed term, with the "
+        "Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed only; not a "
+        "candidate, see benchmarks/README.md)."
+    )
     return (
         "# AnoMem on UCSD Ped2\n\n"
         f"Command: `{env['command']}`  \n"
         f"Machine: {env['machine']}, torch {env['torch']}, {env['threads']} threads.\n\n"
-        f"{protocol}\n\n{head}" + "\n".join(lines) + "\n"
+        f"{protocol}\n\n{rows_note}\n\n{head}" + "\n".join(lines) + "\n"
     )
 
 
