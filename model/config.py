@@ -152,6 +152,11 @@ class DAADConfig(_Strict):
         4.0, gt=0, description="flow, lk: speed (input pixels per frame) read as motion 1.0"
     )
     motion_weight: float = Field(8.0, ge=0, description="weight of the motion channel's squared error")
+    motion_input: bool = Field(
+        True,
+        description="the encoder sees the motion channel; false: it sees the frame only and the decoder "
+        "must infer the motion from appearance through the memories",
+    )
     discriminator_widths: tuple[int, ...] = (16, 32, 64, 128)
     latent_weight: float = Field(
         1.0, ge=0, description="weight of the discriminator-latent distance in the score (0: off)"

@@ -103,9 +103,10 @@ class DAAD(nn.Module):
         self.channels = spec.frame_channels + (1 if spec.motion else 0)
         widths = cfg.widths
         depth = len(widths)
+        encoded = self.channels if cfg.motion_input else spec.frame_channels
         self.encoder = nn.ModuleList(
             ConvStage(c_in, c_out, stride=2)
-            for c_in, c_out in zip((self.channels, *widths[:-1]), widths, strict=True)
+            for c_in, c_out in zip((encoded, *widths[:-1]), widths, strict=True)
         )
         self.blocks = {s: max(1, cfg.block_size // 2**s) for s in cfg.memory_stages}
         self.memories = nn.ModuleDict(
@@ -176,8 +177,15 @@ class DAAD(nn.Module):
         return current
 
     def encode(self, target: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's map after every stage, shallowest first."""
+        """The encoder's map after every stage, shallowest first.
+
+        With `motion_input` false the encoder sees the frame channels only: the decoder then has to
+        predict the motion map from appearance (what a normal object of that look does), so motion
+        unlike anything in normal footage is rebuilt wrongly instead of copied.
+        """
         features = []
+        if not self.cfg.motion_input:
+            target = target[:, : self.spec.frame_channels]
         x = target.contiguous(memory_format=torch.channels_last)
         for stage in self.encoder:
             x = stage(x)

@@ -61,6 +61,21 @@ def test_decoder_sees_only_memory_readouts() -> None:
     torch.testing.assert_close(out_a, out_b)
 
 
+def test_without_motion_input_the_motion_map_is_predicted_from_the_frame_alone() -> None:
+    model = pipeline.build_model(tiny_daad_config(motion_input=False, motion_features="lk")).eval()
+    assert isinstance(model, DAAD)
+    assert model.encoder[0][0].in_channels == 1  # the grey frame only
+    current = torch.randint(0, 256, (1, 1, 32, 48), dtype=torch.uint8)
+    still = torch.cat([current, current], dim=1)
+    moved = torch.cat([current, torch.roll(current, 2, dims=3)], dim=1)  # previous frame 2 px away
+    with torch.no_grad():
+        rec_still, rec_moved = model.reconstruct(model.target(still)), model.reconstruct(model.target(moved))
+    # Same frame, same reconstruction (frame and motion map), though the motion targets differ.
+    torch.testing.assert_close(rec_still.output, rec_moved.output)
+    assert (rec_moved.target[:, 1] - rec_still.target[:, 1]).abs().mean() > 0.05
+    assert model.pixel_error(rec_moved).mean() != model.pixel_error(rec_still).mean()
+
+
 def test_score_adds_the_normalized_latent_distance_when_weighted() -> None:
     frames = torch.randint(0, 256, (4, 2, 32, 48), dtype=torch.uint8)
     with_latent = pipeline.build_model(tiny_daad_config(latent_weight=0.5)).eval()
