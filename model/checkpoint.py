@@ -111,7 +111,7 @@ def _before_score_terms(fields: Any) -> bool:
 
 
 def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> CheckpointMeta:
-    """Make an AnoMem checkpoint from before the motion term score exactly as it did.
+    """Let an AnoMem checkpoint from before the speed term score exactly as it did.
 
     Its one-class score was sum_l scale_weight_l * top-k(D_l): the same terms with identity
     statistics, the scale weights, and weight 0 on the motion term.

@@ -162,7 +162,8 @@ class AnoMem(nn.Module):
 
     def score_terms(self, standardized: list[torch.Tensor], motion: torch.Tensor | None) -> torch.Tensor:
         """The one-class score's terms [B, T]: the top-k mean of every standardized D_l, then, when the
-        input has motion, the mean speed of the `motion_topk` fastest cells of the stride-8 grid.
+        input has motion, the mean speed of the `motion_topk` fastest cells of the stride-8 grid (for
+        `diff` motion features, the largest per-cell maximum frame differences).
 
         The deviations see motion only as two of many memory channels; the speed term says directly
         that something moves faster than anything in normal footage.
