@@ -157,6 +157,11 @@ class DAADConfig(_Strict):
         description="the encoder sees the motion channel; false: it sees the frame only and the decoder "
         "must infer the motion from appearance through the memories",
     )
+    motion_error: Literal["squared", "faster"] = Field(
+        "squared",
+        description="motion channel's error in the score: squared, or faster (only where the observed "
+        "motion exceeds the rebuilt one; training always fits both directions)",
+    )
     discriminator_widths: tuple[int, ...] = (16, 32, 64, 128)
     latent_weight: float = Field(
         1.0, ge=0, description="weight of the discriminator-latent distance in the score (0: off)"

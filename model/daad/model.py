@@ -206,18 +206,25 @@ class DAAD(nn.Module):
             y = up(y, readouts.get(s))
         return Reconstruction(target=target, output=self.head(y), weights=weights)
 
-    def pixel_error(self, rec: Reconstruction) -> torch.Tensor:
-        """Squared error per pixel [B, 1, Hp, Wp]: mean over the frame's channels + weighted motion."""
-        sq = (rec.target - rec.output).pow(2)
+    def pixel_error(self, rec: Reconstruction, scoring: bool = False) -> torch.Tensor:
+        """Squared error per pixel [B, 1, Hp, Wp]: mean over the frame's channels + weighted motion.
+
+        When scoring with `motion_error: faster`, the motion channel counts only where the observed
+        motion exceeds the rebuilt one (training always fits both directions).
+        """
+        diff = rec.target - rec.output
         c = self.spec.frame_channels
-        error = sq[:, :c].mean(dim=1, keepdim=True)
+        error = diff[:, :c].pow(2).mean(dim=1, keepdim=True)
         if self.spec.motion:
-            error = error + self.cfg.motion_weight * sq[:, c:]
+            motion = diff[:, c:]
+            if scoring and self.cfg.motion_error == "faster":
+                motion = motion.clamp(min=0.0)
+            error = error + self.cfg.motion_weight * motion.pow(2)
         return error
 
     def error_cells(self, rec: Reconstruction) -> torch.Tensor:
-        """Mean pixel error over each map cell (map_stride pixels square): [B, 1, h, w]."""
-        cells = F.avg_pool2d(self.pixel_error(rec), self.cfg.map_stride)
+        """Mean scoring pixel error over each map cell (map_stride pixels square): [B, 1, h, w]."""
+        cells = F.avg_pool2d(self.pixel_error(rec, scoring=True), self.cfg.map_stride)
         return cells[:, :, : self.map_size[0], : self.map_size[1]]
 
     def latent_distance(self, rec: Reconstruction) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 
 from model import pipeline
 from model.daad import train as daad_train
-from model.daad.model import DAAD
+from model.daad.model import DAAD, Reconstruction
 from model.evaluation import evaluate_path
 from tests.conftest import assert_onnx_matches_torch, tiny_daad_config
 
@@ -74,6 +74,21 @@ def test_without_motion_input_the_motion_map_is_predicted_from_the_frame_alone()
     torch.testing.assert_close(rec_still.output, rec_moved.output)
     assert (rec_moved.target[:, 1] - rec_still.target[:, 1]).abs().mean() > 0.05
     assert model.pixel_error(rec_moved).mean() != model.pixel_error(rec_still).mean()
+
+
+def test_faster_motion_error_scores_only_motion_above_the_rebuilt_one() -> None:
+    model = pipeline.build_model(tiny_daad_config(motion_error="faster")).eval()
+    assert isinstance(model, DAAD)
+    target = torch.full((1, 2, 32, 48), 0.5)
+    output = target.clone()
+    output[:, 1, :, :24] = 0.9  # rebuilt faster than observed on the left half
+    output[:, 1, :, 24:] = 0.1  # observed faster than rebuilt on the right half
+    rec = Reconstruction(target=target, output=output, weights=[])
+    scoring = model.pixel_error(rec, scoring=True)[0, 0]
+    assert scoring[:, :24].abs().max() == 0
+    torch.testing.assert_close(scoring[:, 24:], torch.full((32, 24), model.cfg.motion_weight * 0.16))
+    training = model.pixel_error(rec)[0, 0]  # training fits both directions
+    torch.testing.assert_close(training, torch.full((32, 48), model.cfg.motion_weight * 0.16))
 
 
 def test_score_adds_the_normalized_latent_distance_when_weighted() -> None:
