@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 from pathlib import Path
 
@@ -117,8 +118,7 @@ def main() -> None:
         }
 
     report = {
-        "command": "python benchmarks/runtimes.py --checkpoint "
-        f"{args.checkpoint} --data {args.data} --threads {args.threads}",
+        "command": " ".join(["python", "benchmarks/runtimes.py", *sys.argv[1:]]),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "threads": args.threads,
