@@ -35,7 +35,10 @@ def scale_sum(scales: int = 3, motion: bool = True) -> dict[str, Any]:
     Checkpoints trained then load with exactly these weights (model/checkpoint.py), so the rows
     below that were trained with them reuse their checkpoints.
     """
-    return {"model.score_weights": [1.0 / scales] * scales + ([0.0] if motion else [])}
+    return {
+        "model.score_weights": [1.0 / scales] * scales + ([0.0] if motion else []),
+        "model.standardize_terms": False,
+    }
 
 
 # The rows below the v5 row were trained when motion was the normal-flow speed (`flow`) and the score

@@ -113,8 +113,8 @@ def _before_score_terms(fields: Any) -> bool:
 def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> CheckpointMeta:
     """Let an AnoMem checkpoint from before the speed term score exactly as it did.
 
-    Its one-class score was sum_l scale_weight_l * top-k(D_l): the same terms with identity
-    statistics, the scale weights, and weight 0 on the motion term.
+    Its one-class score was sum_l scale_weight_l * top-k(D_l): the same terms, not standardized
+    (identity statistics), the scale weights, and weight 0 on the motion term.
     """
     cfg = meta.config
     assert isinstance(cfg.model, AnoMemConfig)
@@ -123,5 +123,5 @@ def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor])
     weights = cfg.model.scale_weights or tuple(1.0 / scales for _ in range(scales))
     weights = (*weights, *(0.0 for _ in range(terms - scales)))
     tensors.setdefault("term_stats", torch.stack([torch.zeros(terms), torch.ones(terms)]))
-    model_cfg = cfg.model.model_copy(update={"score_weights": weights})
+    model_cfg = cfg.model.model_copy(update={"score_weights": weights, "standardize_terms": False})
     return meta.model_copy(update={"config": cfg.model_copy(update={"model": model_cfg})})

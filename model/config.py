@@ -103,6 +103,11 @@ class AnoMemConfig(_Strict):
     motion_topk: int = Field(
         16, ge=1, description="the motion term is the mean speed of the k fastest stride-8 cells"
     )
+    standardize_terms: bool = Field(
+        True,
+        description="standardize each one-class score term by its mean and std over the normal "
+        "training frames (false: weigh the raw terms, the score before v6)",
+    )
     map_sigma: float = Field(1.0, ge=0)
     score: Literal["oneclass", "svdd", "classifier"] = "oneclass"
     per_position_stats: bool = True

@@ -172,8 +172,14 @@ def fit_term_stats(
     """Mean and std of every one-class score term over normal frames (after `fit_deviation_stats`).
 
     Standardizing each term puts the scales and the speed on one footing before they are weighted:
-    their spreads over normal footage differ several-fold.
+    their spreads over normal footage differ several-fold. With `standardize_terms` false the
+    statistics stay the identity (mean 0, std 1): the raw terms are weighed.
     """
+    if not model.cfg.standardize_terms:
+        model.term_stats.copy_(
+            torch.stack([torch.zeros(model.term_stats.shape[1]), torch.ones(model.term_stats.shape[1])])
+        )
+        return
     model.eval()
     device = _device(model)
     terms = []

@@ -78,6 +78,11 @@ def test_term_statistics_standardize_normal_frames() -> None:
     torch.testing.assert_close(z.mean(0), torch.zeros(4), atol=1e-4, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(4), atol=1e-4, rtol=0)
 
+    raw = build_model(tiny_config(standardize_terms=False)).eval()  # the score before v6
+    raw.load_state_dict(model.state_dict())
+    fit_term_stats(raw, inputs, deviations, batch_size=16)
+    torch.testing.assert_close(raw.term_stats, torch.stack([torch.zeros(4), torch.ones(4)]))
+
 
 def test_detector_scores_drive_the_output_when_chosen() -> None:
     model = build_model(tiny_config(score="svdd")).eval()

@@ -73,6 +73,7 @@ def test_anomem_checkpoint_from_before_the_score_terms_scores_as_it_did(tmp_path
 
     restored, meta = load_model(path)
     assert meta.config.model.score_weights == (0.5, 0.3, 0.2, 0.0)  # type: ignore[union-attr]
+    assert meta.config.model.standardize_terms is False  # type: ignore[union-attr]
     frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
     with torch.no_grad():
         score, _ = restored(frames)
