@@ -176,9 +176,8 @@ def fit_term_stats(
     statistics stay the identity (mean 0, std 1): the raw terms are weighed.
     """
     if not model.cfg.standardize_terms:
-        model.term_stats.copy_(
-            torch.stack([torch.zeros(model.term_stats.shape[1]), torch.ones(model.term_stats.shape[1])])
-        )
+        model.term_stats[0].zero_()
+        model.term_stats[1].fill_(1.0)
         return
     model.eval()
     device = _device(model)

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from model.anomem.train import deviation_maps, fit_deviation_stats, fit_term_stats
 from model.config import ConfigError, parse_config
 from model.pipeline import build_model
 from tests.conftest import TINY, tiny_config
@@ -64,8 +65,6 @@ def test_oneclass_score_adds_standardized_terms_and_a_fast_object_raises_the_mot
 
 
 def test_term_statistics_standardize_normal_frames() -> None:
-    from model.anomem.train import deviation_maps, fit_deviation_stats, fit_term_stats
-
     model = build_model(tiny_config()).eval()
     inputs = torch.randint(0, 256, (40, 2, 32, 48), dtype=torch.uint8).numpy()
     deviations = deviation_maps(model, inputs, batch_size=16)
