@@ -38,6 +38,7 @@ def scale_sum(scales: int = 3, motion: bool = True) -> dict[str, Any]:
     return {
         "model.score_weights": [1.0 / scales] * scales + ([0.0] if motion else []),
         "model.standardize_terms": False,
+        "model.topk_pooling": "cells",
     }
 
 
@@ -47,11 +48,14 @@ def scale_sum(scales: int = 3, motion: bool = True) -> dict[str, Any]:
 FLOW = {"model.motion_features": "flow", **scale_sum()}
 FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None, **FLOW}
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Defaults (v6): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
-    # as the Lucas-Kanade optical-flow speed; the one-class score adds the 3 scales' terms and a speed
-    # term, each standardized over the normal training frames, with equal weights.
+    # Defaults (v7): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
+    # as the Lucas-Kanade optical-flow speed; the one-class score adds the 3 scales' terms (each the
+    # top-k mean over the same image area) and a speed term, each standardized over the normal
+    # training frames, with equal weights.
     "anomem-default": {},
-    # The previous default (v5): the same network, scored by the plain sum of the scales' top-k.
+    # v6: the same network and score, each scale's term the top-8 cells of its own grid.
+    "v6-cells": {"model.topk_pooling": "cells"},
+    # v5: the same network, scored by the plain sum of the scales' top-8 cells.
     "v5-scale-sum": scale_sum(),
     # v4: the v5 score with the normal-flow speed per cell.
     "normal-flow-motion": FLOW,
@@ -162,13 +166,14 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "time of `anomon train` (stage 1 + stage 2 + calibration) on this CPU."
     )
     rows_note = (
-        "Rows: anomem-default is the committed artifact (v6 score: standardized scale terms plus a "
-        "speed term). v5-scale-sum is the same network (training is deterministic) with the v5 score "
-        "(plain sum of the scales' top-k); the rows from normal-flow-motion to resnet18-scratch were "
-        "trained with that score and keep it, so they compare encoders, scales and motion with one "
-        "another. The last rows rescore the default's network: without the speed term, with the "
-        "Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed only; not a "
-        "candidate, see benchmarks/README.md)."
+        "Rows: anomem-default is the committed artifact (v7 score: standardized scale terms, each "
+        "pooled over the same image area, plus a speed term). v6-cells and v5-scale-sum are the same "
+        "network (training is deterministic) with the v6 score (top-8 cells of every grid) and the v5 "
+        "score (plain sum of the scales' top-8 cells); the rows from normal-flow-motion to "
+        "resnet18-scratch were trained with that score and keep it, so they compare encoders, scales "
+        "and motion with one another. The last rows rescore the default's network: without the speed "
+        "term, with the Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed "
+        "only; not a candidate, see benchmarks/README.md)."
     )
     return (
         "# AnoMem on UCSD Ped2\n\n"

@@ -96,18 +96,26 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         raise CheckpointError(
             f"{path}: weights do not match the hash in its metadata (altered or damaged file)"
         )
-    if _before_score_terms(fields):
+    if _anomem_without(fields, "score_weights"):
         meta = _upgrade_score_terms(meta, tensors)
+    if _anomem_without(fields, "topk_pooling"):
+        meta = _with_model_fields(meta, topk_pooling="cells")  # v7 changed the default to "area"
     return tensors, meta
 
 
-def _before_score_terms(fields: Any) -> bool:
-    """Whether metadata is an AnoMem checkpoint's from before the standardized score terms."""
+def _anomem_without(fields: Any, key: str) -> bool:
+    """Whether metadata is an AnoMem checkpoint's from before its model config had `key`."""
     try:
         model = fields["config"]["model"]
     except (KeyError, TypeError):
         return False
-    return isinstance(model, dict) and model.get("name") == "anomem" and "score_weights" not in model
+    return isinstance(model, dict) and model.get("name") == "anomem" and key not in model
+
+
+def _with_model_fields(meta: CheckpointMeta, **update: Any) -> CheckpointMeta:
+    cfg = meta.config
+    model_cfg = cfg.model.model_copy(update=update)
+    return meta.model_copy(update={"config": cfg.model_copy(update={"model": model_cfg})})
 
 
 def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> CheckpointMeta:
@@ -123,5 +131,4 @@ def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor])
     weights = cfg.model.scale_weights or tuple(1.0 / scales for _ in range(scales))
     weights = (*weights, *(0.0 for _ in range(terms - scales)))
     tensors.setdefault("term_stats", torch.stack([torch.zeros(terms), torch.ones(terms)]))
-    model_cfg = cfg.model.model_copy(update={"score_weights": weights, "standardize_terms": False})
-    return meta.model_copy(update={"config": cfg.model_copy(update={"model": model_cfg})})
+    return _with_model_fields(meta, score_weights=weights, standardize_terms=False)

@@ -65,6 +65,10 @@ class AnoMem(nn.Module):
         )
         self.heads = nn.ModuleList(_projection_head(c, cfg.proj_dim) for c in channels)
         self.instance_head = _projection_head(self.encoder.out_channels[max(self.scales)], cfg.proj_dim)
+        # Cells pooled per scale (strides 8, 16, 32): with `area`, the same image area on every grid.
+        self.topk_cells = [
+            cfg.topk * 4 ** (2 - s) if cfg.topk_pooling == "area" else cfg.topk for s in self.scales
+        ]
         weights = cfg.scale_weights or tuple(1.0 / len(self.scales) for _ in self.scales)
         self.register_buffer("scale_weights", torch.tensor(weights, dtype=torch.float32))
         terms = score_terms(cfg, spec)
@@ -161,14 +165,15 @@ class AnoMem(nn.Module):
         )
 
     def score_terms(self, standardized: list[torch.Tensor], motion: torch.Tensor | None) -> torch.Tensor:
-        """The one-class score's terms [B, T]: the top-k mean of every standardized D_l, then, when the
-        input has motion, the mean speed of the `motion_topk` fastest cells of the stride-8 grid (for
-        `diff` motion features, the largest per-cell maximum frame differences).
+        """The one-class score's terms [B, T]: the top-k mean of every standardized D_l (`topk_pooling`:
+        k cells of every grid, or k cells of the stride-32 grid and the same area on the finer ones),
+        then, when the input has motion, the mean speed of the `motion_topk` fastest cells of the
+        stride-8 grid (for `diff` motion features, the largest per-cell maximum frame differences).
 
         The deviations see motion only as two of many memory channels; the speed term says directly
         that something moves faster than anything in normal footage.
         """
-        terms = [topk_mean(d, self.cfg.topk) for d in standardized]
+        terms = [topk_mean(d, k) for d, k in zip(standardized, self.topk_cells, strict=True)]
         if motion is not None:
             speed = _pool_motion(motion, self.map_size, self.cfg.motion_features)[:, 1:]
             terms.append(topk_mean(speed, self.cfg.motion_topk))

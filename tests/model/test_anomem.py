@@ -64,6 +64,18 @@ def test_oneclass_score_adds_standardized_terms_and_a_fast_object_raises_the_mot
     assert terms[0, 3] < 0.05 and terms[1, 3] > 0.5
 
 
+def test_area_pooling_takes_the_same_image_area_on_every_scale() -> None:
+    """A 32 x 32 px hot square in a 128 x 128 px frame, top-2 of the stride-32 grid (2048 px^2)."""
+    maps = [torch.zeros(1, 1, 128 // s, 128 // s) for s in (8, 16, 32)]
+    for m, s in zip(maps, (8, 16, 32), strict=True):
+        m[..., : 32 // s, : 32 // s] = 1.0
+    area = build_model(tiny_config(topk=2)).eval()
+    cells = build_model(tiny_config(topk=2, topk_pooling="cells")).eval()
+    assert area.topk_cells == [32, 8, 2]
+    torch.testing.assert_close(area.score_terms(maps, None), torch.tensor([[0.5, 0.5, 0.5]]))
+    torch.testing.assert_close(cells.score_terms(maps, None), torch.tensor([[1.0, 1.0, 0.5]]))
+
+
 def test_term_statistics_standardize_normal_frames() -> None:
     model = build_model(tiny_config()).eval()
     inputs = torch.randint(0, 256, (40, 2, 32, 48), dtype=torch.uint8).numpy()

@@ -66,7 +66,7 @@ def test_anomem_checkpoint_from_before_the_score_terms_scores_as_it_did(tmp_path
     model = build_model(cfg).eval()
     tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "term_stats"}
     fields = json.loads(CheckpointMeta(name="anomem", version="v5", config=cfg).model_dump_json())
-    del fields["config"]["model"]["score_weights"]
+    del fields["config"]["model"]["score_weights"], fields["config"]["model"]["topk_pooling"]
     fields["weights_sha256"] = weights_digest(tensors)
     path = tmp_path / "v5.safetensors"
     save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
@@ -80,3 +80,28 @@ def test_anomem_checkpoint_from_before_the_score_terms_scores_as_it_did(tmp_path
         deviations = restored.deviations(*restored.split_input(frames))
     old = sum(w * topk_mean(d, cfg.model.topk) for w, d in zip((0.5, 0.3, 0.2), deviations, strict=True))
     torch.testing.assert_close(score, old)
+
+
+def test_anomem_checkpoint_from_before_area_pooling_pools_cells_as_it_did(tmp_path: Path) -> None:
+    """A v6 checkpoint (no topk_pooling) keeps k cells on every scale; new ones pool equal areas."""
+    cfg = tiny_config(topk=1)
+    model = build_model(cfg).eval()
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    fields = json.loads(CheckpointMeta(name="anomem", version="v6", config=cfg).model_dump_json())
+    del fields["config"]["model"]["topk_pooling"]
+    fields["weights_sha256"] = weights_digest(tensors)
+    path = tmp_path / "v6.safetensors"
+    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+
+    restored, meta = load_model(path)
+    assert meta.config.model.topk_pooling == "cells"  # type: ignore[union-attr]
+    frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        score, _ = restored(frames)
+        current, motion = restored.split_input(frames)
+        deviations = restored.deviations(current, motion)
+        speed = restored.score_terms(deviations, motion)[:, 3:]
+        new_score, _ = model(frames)
+    old_terms = torch.cat([torch.stack([topk_mean(d, 1) for d in deviations], 1), speed], 1)
+    torch.testing.assert_close(score, restored.oneclass_score(old_terms))
+    assert not torch.allclose(score, new_score)  # topk 1 per grid vs 16 / 4 / 1 cells
