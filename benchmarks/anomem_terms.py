@@ -1,7 +1,7 @@
 """AnoMem's one-class score term by term on Ped2 (a test-set diagnostic, reported as such).
 
 For each checkpoint: the causal micro AUROC (MODELS.md protocol) of every standardized score term
-alone (one per scale, then the speed term), of their equal-weight sum (the v6 score), and of the
+alone (one per scale, then the speed term), of their equal-weight sum (the shipped score), and of the
 coarse scale with the speed at several weight ratios; beside them, each term's AUROC on the
 label-free synthetic validation (fast-moving scene patches pasted into the held-out training clips,
 `model/pseudo_anomaly.py`), to see whether that validation would pick the same terms. Nothing here
@@ -71,7 +71,7 @@ def analyse(checkpoint: str, data: str, seed: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for i, name in enumerate(names):
         rows.append({"score": f"{name} alone", "test": test_auroc(np.eye(n)[i]), "pseudo": auroc(y, x[:, i])})
-    rows.append({"score": "equal-weight sum (v6)", "test": test_auroc(np.full(n, 1 / n))})
+    rows.append({"score": "equal-weight sum (the score)", "test": test_auroc(np.full(n, 1 / n))})
     for ratio in RATIOS:
         weights = np.zeros(n)
         weights[n - 2], weights[n - 1] = 1.0, ratio
