@@ -91,7 +91,9 @@ class AnoMemConfig(_Strict):
     flow_window: OddWindow = 15
     motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
-    topk: int = Field(8, ge=1, description="each scale's term is the mean of its k largest deviations")
+    topk: int = Field(
+        8, ge=1, description="each scale's term is the mean of its largest deviations: see topk_pooling"
+    )
     topk_pooling: Literal["cells", "area"] = Field(
         "area",
         description="cells: k cells of every scale's grid; area: k cells of the stride-32 grid and the "
