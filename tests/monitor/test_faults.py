@@ -334,12 +334,15 @@ def test_rebalance_under_load_loses_nothing_and_bounds_duplicates(
     frames = new_topic(partitions=4)
     cfg = _service_config(kafka_settings.bootstrap_servers, frames)
     _output_topics(kafka_settings, cfg)
-    cameras = [f"reb-{i}" for i in range(8)]
-    sent = _produce(kafka_settings, frames, cameras, 40)
+    cameras = [f"reb-{i}" for i in range(8)]  # their keys cover all 4 partitions
+    sent = _produce(kafka_settings, frames, cameras, 20)
     first = _Running(MonitorService(cfg, tiny_runtime))
     _wait(lambda: first.service.stats.processed >= 40, 60, "the first instance scoring")
-    # A second instance joins the group mid-stream and takes over some partitions.
+    # A second instance joins the group mid-stream and takes over some partitions. The rest of the
+    # stream is sent once it holds them: a fast first instance may have drained the backlog by then.
     second = _Running(MonitorService(cfg, open_runtime(tiny_checkpoint, "torch", device="cpu", threads=1)))
+    _wait(lambda: bool(second.service.assigned), 60, "the second instance's partitions")
+    sent += _produce(kafka_settings, frames, cameras, 20, start=20)
     _wait(lambda: second.service.stats.processed > 0, 60, "the second instance scoring")
     bootstrap = kafka_settings.bootstrap_servers
     _wait(lambda: len(_scores(bootstrap, cfg)) >= sent, 90, "every frame scored")
