@@ -50,18 +50,20 @@ A_PRIORI_BLOCK = 32  # MODELS.md's suggestion: 8x8 blocks at stride 4 ... 1x1 at
 @torch.no_grad()
 def reconstruction_terms(model: DAAD, cfg: ExperimentConfig, data: str) -> dict[str, Any]:
     """Mean reconstruction error of normal and anomalous test frames, and each score term's AUROC."""
-    labels, errors, rec_terms, latent_terms, pooled_terms = [], [], [], [], []
+    labels, errors, rec_terms, latent_terms, raw_terms, pooled_terms = [], [], [], [], [], []
     stats = model.score_stats
     for clip in load_clips(data, cfg.input, split="test"):
         assert clip.labels is not None
         inputs = with_motion(clip.frames, cfg.input)
-        e, r, lat, pooled = [], [], [], []
+        e, r, lat, raw, pooled = [], [], [], [], []
         for start in range(0, len(inputs), 32):
             rec = model.reconstruct(model.target(torch.from_numpy(inputs[start : start + 32])))
             cells = model.error_cells(rec)
             e.append(cells.mean(dim=(1, 2, 3)))
             r.append((topk_mean(model.standardized(cells), model.cfg.topk) - stats[0]) / stats[1])
             lat.append((model.latent_distance(rec) - stats[2]) / stats[3])
+            if model.cfg.latent_topk is not None:
+                raw.append(topk_mean(model.latent_cells(rec), model.cfg.latent_topk))
             real, fake = (model.discriminator.features(x) for x in (rec.target, rec.output))
             pooled.append((real - fake).pow(2).sum(dim=1))
         labels.append(clip.labels)
@@ -70,6 +72,8 @@ def reconstruction_terms(model: DAAD, cfg: ExperimentConfig, data: str) -> dict[
         rec_terms.append(causal_smooth(torch.cat(r).numpy(), smoothing))
         latent_terms.append(causal_smooth(torch.cat(lat).numpy(), smoothing))
         pooled_terms.append(causal_smooth(torch.cat(pooled).numpy(), smoothing))
+        if raw:
+            raw_terms.append(causal_smooth(torch.cat(raw).numpy(), smoothing))
     y, err = np.concatenate(labels), np.concatenate(errors)
     normal, anomalous = float(err[y == 0].mean()), float(err[y == 1].mean())
     # Without a latent term in the score the discriminator is left untrained: nothing to report.
@@ -81,6 +85,10 @@ def reconstruction_terms(model: DAAD, cfg: ExperimentConfig, data: str) -> dict[
         "recon_error_auroc": auroc(y, err),
         "auroc_reconstruction_term": frame_aurocs(labels, rec_terms)["auroc_causal_micro"],
         "auroc_latent_term": frame_aurocs(labels, latent_terms)["auroc_causal_micro"] if latent else None,
+        # The top-k of the raw per-cell distances (latent_stats: frame), for comparison.
+        "auroc_latent_raw_cells": (
+            frame_aurocs(labels, raw_terms)["auroc_causal_micro"] if latent and raw_terms else None
+        ),
         # The distance of spatially pooled features (latent_topk: None), for comparison.
         "auroc_latent_pooled_features": (
             frame_aurocs(labels, pooled_terms)["auroc_causal_micro"] if latent else None
@@ -134,14 +142,15 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], chosen: str) -> st
     ]
     sweep_head = (
         "| variant | blocks per stride | recon error normal | recon error anomalous | ratio "
-        "| recon error AUROC | reconstruction term AUROC | latent term AUROC | (pooled features) "
-        "| pseudo-anomaly AUROC |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| recon error AUROC | reconstruction term AUROC | latent term AUROC | (raw cells) "
+        "| (pooled features) | pseudo-anomaly AUROC |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     sweep = [
         f"| {r['variant']} | {', '.join(f'{k.split()[1]}: {v}' for k, v in r['blocks'].items())} "
         f"| {r['recon_error_normal']:.5f} | {r['recon_error_anomalous']:.5f} | {r['recon_error_ratio']:.3f} "
         f"| {r['recon_error_auroc']:.4f} | {r['auroc_reconstruction_term']:.4f} "
-        f"| {_fmt(r['auroc_latent_term'])} | {_fmt(r['auroc_latent_pooled_features'])} "
+        f"| {_fmt(r['auroc_latent_term'])} | {_fmt(r.get('auroc_latent_raw_cells'))} "
+        f"| {_fmt(r['auroc_latent_pooled_features'])} "
         f"| {r['pseudo_auroc']:.4f} |"
         for r in rows
     ]
@@ -161,8 +170,11 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], chosen: str) -> st
         "the training objective), averaged over the normal and over the anomalous test frames; ratio = "
         "anomalous / normal; recon error AUROC = that per-frame error as a score (unsmoothed). Term AUROCs = "
         "causal micro AUROC of each normalized score term alone (the score is their weighted sum); "
-        "(pooled features) = the latent distance of the spatially averaged discriminator features instead "
-        "of the top-k of per-cell distances, from the same weights. "
+        "the latent term standardizes each cell of the discriminator's penultimate map with its normal "
+        "mean and std before its top-k; (raw cells) = the same top-k without that standardization (the "
+        "latent term before `latent_stats`), (pooled features) = the latent distance of the spatially "
+        "averaged discriminator features instead of the top-k of per-cell distances, both from the same "
+        "weights. "
         "Pseudo-anomaly AUROC = smoothed AUROC on the 2 held-out training clips with fast-moving scene "
         "patches pasted in (label-free; `benchmarks/pseudo_validation.py`)."
     )

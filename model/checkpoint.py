@@ -100,16 +100,22 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         meta = _upgrade_score_terms(meta, tensors)
     if _anomem_without(fields, "topk_pooling"):
         meta = _with_model_fields(meta, topk_pooling="cells")  # v7 changed the default to "area"
+    if _model_without(fields, "daad", "latent_stats"):
+        meta = _with_model_fields(meta, latent_stats="frame")  # raw latent cells, as it was trained
     return tensors, meta
 
 
-def _anomem_without(fields: Any, key: str) -> bool:
-    """Whether metadata is an AnoMem checkpoint's from before its model config had `key`."""
+def _model_without(fields: Any, name: str, key: str) -> bool:
+    """Whether metadata is a `name` checkpoint's from before its model config had `key`."""
     try:
         model = fields["config"]["model"]
     except (KeyError, TypeError):
         return False
-    return isinstance(model, dict) and model.get("name") == "anomem" and key not in model
+    return isinstance(model, dict) and model.get("name", "anomem") == name and key not in model
+
+
+def _anomem_without(fields: Any, key: str) -> bool:
+    return _model_without(fields, "anomem", key)
 
 
 def _with_model_fields(meta: CheckpointMeta, **update: Any) -> CheckpointMeta:

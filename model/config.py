@@ -184,6 +184,12 @@ class DAADConfig(_Strict):
         description="latent distance: mean of the k largest per-cell distances of the discriminator's "
         "penultimate maps (None: distance of the spatially pooled features)",
     )
+    latent_stats: Literal["frame", "position"] = Field(
+        "position",
+        description="per-cell latent distances: position (standardized with each cell's normal mean and "
+        "std before the top-k, like the error cells) or frame (raw; before it existed); ignored when "
+        "latent_topk is None",
+    )
     map_stride: int = Field(8, ge=1, description="anomaly map cell size in input pixels")
     topk: int = Field(16, ge=1, description="the reconstruction score is the mean of the k worst cells")
     map_sigma: float = Field(1.0, ge=0)

@@ -91,6 +91,8 @@ class DAAD(nn.Module):
 
     err_mean: torch.Tensor
     err_std: torch.Tensor
+    lat_mean: torch.Tensor
+    lat_std: torch.Tensor
     score_stats: torch.Tensor
     map_kernel: torch.Tensor
     sobel: torch.Tensor
@@ -132,6 +134,14 @@ class DAAD(nn.Module):
         self.map_size = (-(-spec.height // cfg.map_stride), -(-spec.width // cfg.map_stride))
         self.register_buffer("err_mean", torch.zeros(1, 1, *self.map_size))
         self.register_buffer("err_std", torch.ones(1, 1, *self.map_size))
+        # Normal mean and std of each cell of the discriminator's penultimate map: fitted (and saved)
+        # with `latent_stats: position`; the identity otherwise, which leaves the distances raw.
+        latent_size = self.padded
+        for _ in cfg.discriminator_widths:
+            latent_size = ((latent_size[0] - 2) // 2 + 1, (latent_size[1] - 2) // 2 + 1)
+        per_position = cfg.latent_stats == "position" and cfg.latent_topk is not None
+        self.register_buffer("lat_mean", torch.zeros(1, 1, *latent_size), persistent=per_position)
+        self.register_buffer("lat_std", torch.ones(1, 1, *latent_size), persistent=per_position)
         # Normal mean and std of the pooled reconstruction score and of the latent distance.
         self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
         self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
@@ -227,17 +237,28 @@ class DAAD(nn.Module):
         cells = F.avg_pool2d(self.pixel_error(rec, scoring=True), self.cfg.map_stride)
         return cells[:, :, : self.map_size[0], : self.map_size[1]]
 
-    def latent_distance(self, rec: Reconstruction) -> torch.Tensor:
-        """Squared distance [B] between the discriminator features of a frame and of its reconstruction.
-
-        With `latent_topk`, the distance is taken at every cell of the penultimate map and the k
-        largest are averaged: an anomaly covers a few cells, so pooling the features first dilutes it.
-        """
+    def latent_cells(self, rec: Reconstruction) -> torch.Tensor:
+        """Squared distance [B, 1, h, w] between the discriminator's penultimate maps of a frame and of
+        its reconstruction, at every cell (raw, before `lat_mean` / `lat_std`)."""
         real = self.discriminator.feature_map(rec.target)
         fake = self.discriminator.feature_map(rec.output)
+        return (real - fake).pow(2).sum(dim=1, keepdim=True)
+
+    def latent_distance(self, rec: Reconstruction) -> torch.Tensor:
+        """Discriminator-latent distance [B] between a frame and its reconstruction.
+
+        With `latent_topk`, the distance is taken at every cell of the penultimate map, standardized
+        by that cell's normal mean and std (`latent_stats: position`: the walkway, the grass and the
+        far end of the scene differ in how well they are rebuilt, as the error cells do) and the k
+        largest are averaged: an anomaly covers a few cells, so pooling the features first dilutes
+        it. Without, the squared distance of the spatially pooled features.
+        """
         if self.cfg.latent_topk is None:
-            return (real.mean(dim=(2, 3)) - fake.mean(dim=(2, 3))).pow(2).sum(dim=1)
-        return topk_mean((real - fake).pow(2).sum(dim=1, keepdim=True), self.cfg.latent_topk)
+            real = self.discriminator.features(rec.target)
+            fake = self.discriminator.features(rec.output)
+            return (real - fake).pow(2).sum(dim=1)
+        cells = (self.latent_cells(rec) - self.lat_mean) / self.lat_std
+        return topk_mean(cells, self.cfg.latent_topk)
 
     def standardized(self, cells: torch.Tensor) -> torch.Tensor:
         """Standardize error cells with the normal per-position mean and std."""

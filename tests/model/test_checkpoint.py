@@ -15,7 +15,7 @@ from model.checkpoint import (
     weights_digest,
 )
 from model.pipeline import build_model, load_model
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_daad_config
 
 
 def _write(path: Path) -> torch.nn.Module:
@@ -105,3 +105,25 @@ def test_anomem_checkpoint_from_before_area_pooling_pools_cells_as_it_did(tmp_pa
     old_terms = torch.cat([torch.stack([topk_mean(d, 1) for d in deviations], 1), speed], 1)
     torch.testing.assert_close(score, restored.oneclass_score(old_terms))
     assert not torch.allclose(score, new_score)  # topk 1 per grid vs 16 / 4 / 1 cells
+
+
+def test_daad_checkpoint_from_before_latent_stats_keeps_raw_latent_cells(tmp_path: Path) -> None:
+    """A DAAD checkpoint without `latent_stats` (nor its buffers) loads and scores as before."""
+    cfg = tiny_daad_config(latent_stats="frame")
+    model = build_model(cfg).eval()
+    model.score_stats.copy_(torch.tensor([0.3, 2.0, 0.1, 4.0]))  # type: ignore[operator]
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    assert "lat_mean" not in tensors
+    fields = json.loads(CheckpointMeta(name="daad", version="v1", config=cfg).model_dump_json())
+    del fields["config"]["model"]["latent_stats"]
+    fields["weights_sha256"] = weights_digest(tensors)
+    path = tmp_path / "daad_v1.safetensors"
+    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+
+    restored, meta = load_model(path)
+    assert meta.config.model.latent_stats == "frame"  # type: ignore[union-attr]
+    frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(frames)[0], model(frames)[0])
+    # Without the upgrade the new default would expect fitted per-position buffers.
+    assert tiny_daad_config().model.latent_stats == "position"  # type: ignore[union-attr]

@@ -109,7 +109,7 @@ def test_latent_distance_is_the_top_cells_or_the_pooled_features() -> None:
     frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
     per_cell = pipeline.build_model(tiny_daad_config(latent_topk=1)).eval()
     pooled = pipeline.build_model(tiny_daad_config(latent_topk=None)).eval()
-    pooled.load_state_dict(per_cell.state_dict())
+    pooled.load_state_dict(per_cell.state_dict(), strict=False)  # pooled: no per-cell statistics
     assert isinstance(per_cell, DAAD) and isinstance(pooled, DAAD)
     with torch.no_grad():
         rec = per_cell.reconstruct(per_cell.target(frames))
@@ -119,6 +119,36 @@ def test_latent_distance_is_the_top_cells_or_the_pooled_features() -> None:
         expected = (real.mean(dim=(2, 3)) - fake.mean(dim=(2, 3))).pow(2).sum(dim=1)
         torch.testing.assert_close(pooled.latent_distance(rec), expected)
         assert torch.all(expected <= cells.flatten(1).amax(dim=1))  # pooling dilutes a local difference
+
+
+def test_latent_cells_are_standardized_per_position_with_normal_statistics() -> None:
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (24, 2, 32, 48), dtype=torch.uint8)
+    per_position = pipeline.build_model(tiny_daad_config(latent_topk=2)).eval()
+    raw = pipeline.build_model(tiny_daad_config(latent_topk=2, latent_stats="frame")).eval()
+    raw.load_state_dict(per_position.state_dict(), strict=False)
+    assert isinstance(per_position, DAAD) and isinstance(raw, DAAD)
+    assert {"lat_mean", "lat_std"} <= set(per_position.state_dict())  # fitted statistics are saved
+    assert not {"lat_mean", "lat_std"} & set(raw.state_dict())  # the identity is not
+    daad_train.fit_normal_stats(per_position, frames.numpy())
+    daad_train.fit_normal_stats(raw, frames.numpy())
+    assert torch.equal(raw.lat_mean, torch.zeros_like(raw.lat_mean))  # raw cells: left at the identity
+    with torch.no_grad():
+        rec = per_position.reconstruct(per_position.target(frames))
+        cells = per_position.latent_cells(rec)
+        standardized = (cells - per_position.lat_mean) / per_position.lat_std
+        # Over the normal frames every cell's standardized distance has mean 0.
+        torch.testing.assert_close(
+            standardized.mean(dim=0), torch.zeros_like(standardized[0]), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(
+            per_position.latent_distance(rec), standardized.flatten(1).topk(2).values.mean(1)
+        )
+        torch.testing.assert_close(raw.latent_distance(rec), cells.flatten(1).topk(2).values.mean(1))
+        # The frame-level statistics of the latent term are those of the distance the score uses.
+        for model in (per_position, raw):
+            distance = model.latent_distance(model.reconstruct(model.target(frames)))
+            torch.testing.assert_close(model.score_stats[2:], torch.stack([distance.mean(), distance.std()]))
 
 
 def test_onnx_export_runs_in_onnxruntime_like_pytorch(tmp_path: Path) -> None:
