@@ -14,6 +14,7 @@ from model.checkpoint import (
     save_checkpoint,
     weights_digest,
 )
+from model.config import ExperimentConfig
 from model.pipeline import build_model, load_model
 from tests.conftest import tiny_config, tiny_daad_config
 
@@ -60,16 +61,29 @@ def test_foreign_and_garbage_files_are_refused(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.safetensors")
 
 
+def _write_older(
+    path: Path,
+    model: torch.nn.Module,
+    name: str,
+    cfg: ExperimentConfig,
+    missing: tuple[str, ...],
+    drop: str = "",
+) -> None:
+    """Write a checkpoint as an older anomon did: model config fields `missing`, tensor `drop` absent."""
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != drop}
+    fields = json.loads(CheckpointMeta(name=name, version="old", config=cfg).model_dump_json())
+    for key in missing:
+        del fields["config"]["model"][key]
+    fields["weights_sha256"] = weights_digest(tensors)
+    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+
+
 def test_anomem_checkpoint_from_before_the_score_terms_scores_as_it_did(tmp_path: Path) -> None:
     """A v5 checkpoint (no score_weights, no term_stats) keeps its score: sum_l w_l * top-k(D_l)."""
     cfg = tiny_config(scale_weights=[0.5, 0.3, 0.2])
     model = build_model(cfg).eval()
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items() if k != "term_stats"}
-    fields = json.loads(CheckpointMeta(name="anomem", version="v5", config=cfg).model_dump_json())
-    del fields["config"]["model"]["score_weights"], fields["config"]["model"]["topk_pooling"]
-    fields["weights_sha256"] = weights_digest(tensors)
     path = tmp_path / "v5.safetensors"
-    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+    _write_older(path, model, "anomem", cfg, ("score_weights", "topk_pooling"), drop="term_stats")
 
     restored, meta = load_model(path)
     assert meta.config.model.score_weights == (0.5, 0.3, 0.2, 0.0)  # type: ignore[union-attr]
@@ -86,12 +100,8 @@ def test_anomem_checkpoint_from_before_area_pooling_pools_cells_as_it_did(tmp_pa
     """A v6 checkpoint (no topk_pooling) keeps k cells on every scale; new ones pool equal areas."""
     cfg = tiny_config(topk=1)
     model = build_model(cfg).eval()
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    fields = json.loads(CheckpointMeta(name="anomem", version="v6", config=cfg).model_dump_json())
-    del fields["config"]["model"]["topk_pooling"]
-    fields["weights_sha256"] = weights_digest(tensors)
     path = tmp_path / "v6.safetensors"
-    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+    _write_older(path, model, "anomem", cfg, ("topk_pooling",))
 
     restored, meta = load_model(path)
     assert meta.config.model.topk_pooling == "cells"  # type: ignore[union-attr]
@@ -112,18 +122,15 @@ def test_daad_checkpoint_from_before_latent_stats_keeps_raw_latent_cells(tmp_pat
     cfg = tiny_daad_config(latent_stats="frame")
     model = build_model(cfg).eval()
     model.score_stats.copy_(torch.tensor([0.3, 2.0, 0.1, 4.0]))  # type: ignore[operator]
-    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    assert "lat_mean" not in tensors
-    fields = json.loads(CheckpointMeta(name="daad", version="v1", config=cfg).model_dump_json())
-    del fields["config"]["model"]["latent_stats"]
-    fields["weights_sha256"] = weights_digest(tensors)
+    assert "lat_mean" not in model.state_dict()
     path = tmp_path / "daad_v1.safetensors"
-    save_file(tensors, str(path), metadata={"anomon": json.dumps(fields)})
+    _write_older(path, model, "daad", cfg, ("latent_stats",))
 
     restored, meta = load_model(path)
     assert meta.config.model.latent_stats == "frame"  # type: ignore[union-attr]
     frames = torch.randint(0, 256, (3, 2, 32, 48), dtype=torch.uint8)
     with torch.no_grad():
         torch.testing.assert_close(restored(frames)[0], model(frames)[0])
-    # Without the upgrade the new default would expect fitted per-position buffers.
-    assert tiny_daad_config().model.latent_stats == "position"  # type: ignore[union-attr]
+    # Without the upgrade the new default (position) would look for fitted per-cell statistics.
+    with pytest.raises(RuntimeError, match="lat_mean"):
+        build_model(tiny_daad_config()).load_state_dict(load_checkpoint(path)[0], strict=True)
