@@ -257,8 +257,12 @@ class DAAD(nn.Module):
             real = self.discriminator.features(rec.target)
             fake = self.discriminator.features(rec.output)
             return (real - fake).pow(2).sum(dim=1)
-        cells = (self.latent_cells(rec) - self.lat_mean) / self.lat_std
-        return topk_mean(cells, self.cfg.latent_topk)
+        return self.latent_topk_of(self.latent_cells(rec))
+
+    def latent_topk_of(self, cells: torch.Tensor) -> torch.Tensor:
+        """Mean of the `latent_topk` largest standardized latent cells: [B, 1, h, w] -> [B]."""
+        assert self.cfg.latent_topk is not None
+        return topk_mean((cells - self.lat_mean) / self.lat_std, self.cfg.latent_topk)
 
     def standardized(self, cells: torch.Tensor) -> torch.Tensor:
         """Standardize error cells with the normal per-position mean and std."""

@@ -154,8 +154,7 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
     """
     model.eval()
     device = _device(model)
-    latent_topk = model.cfg.latent_topk
-    per_cell = latent_topk is not None
+    per_cell = model.cfg.latent_topk is not None
     cells, latents = [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc="normal statistics", unit="batch", leave=False):
         rec = model.reconstruct(model.target(torch.from_numpy(inputs[start : start + batch_size]).to(device)))
@@ -168,13 +167,12 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
         mean, std = all_cells.mean().expand_as(model.err_mean), all_cells.std().expand_as(model.err_std)
     model.err_mean.copy_(mean)
     model.err_std.copy_(std.clamp(min=1e-6))
-    if latent_topk is not None:
+    if per_cell:
         if model.cfg.latent_stats == "position":
             lat_mean, lat_std = position_stats(latent, model.cfg.std_shrinkage)
             model.lat_mean.copy_(lat_mean)
             model.lat_std.copy_(lat_std)
-        standardized = (latent.to(device) - model.lat_mean) / model.lat_std
-        latent = topk_mean(standardized, latent_topk).cpu()
+        latent = model.latent_topk_of(latent.to(device)).cpu()
     pooled = topk_mean(model.standardized(all_cells.to(device)), model.cfg.topk).cpu()
     stats = [pooled.mean(), pooled.std(), latent.mean(), latent.std()]
     model.score_stats.copy_(torch.stack(stats))
