@@ -25,7 +25,7 @@ from model.anomem.model import AnoMem
 from model.checkpoint import save_checkpoint
 from model.data import load_clips
 from model.evaluation import evaluate_path
-from model.pipeline import calibrate_outputs, load_model, model_inputs, score_inputs, split_holdout
+from model.pipeline import calibrate_on, load_model, model_inputs, split_holdout
 from model.runtime import open_runtime
 
 RESULTS = Path(__file__).parent / "results"
@@ -51,8 +51,7 @@ def refit(checkpoint: str, data: str, per_position: bool, shrinkage: float, out:
     deviations = anomem_train.deviation_maps(model, inputs)
     anomem_train.fit_deviation_stats(model, deviations)
     anomem_train.fit_term_stats(model, inputs, deviations)
-    raw, maps = score_inputs(model, model_inputs(holdout, cfg), desc="calibration")
-    calibration, map_calibration = calibrate_outputs(raw, maps, cfg.train.false_alarm_rate)
+    calibration, map_calibration = calibrate_on(model, holdout, cfg, cfg.train.false_alarm_rate)
     meta = meta.model_copy(
         update={"config": cfg, "calibration": calibration, "map_calibration": map_calibration}
     )
@@ -77,7 +76,9 @@ def main() -> None:
         refit(args.checkpoint, args.data, per_position, shrinkage, refitted)
         runtime = open_runtime(refitted, "torch", device="cpu", threads=args.threads)
         smoothing = runtime.model.config.train.smoothing_frames
-        result = evaluate_path(runtime, runtime.model.config, args.data, smoothing)
+        result = evaluate_path(
+            runtime, runtime.model.config, args.data, smoothing, calibration=runtime.model.calibration
+        )
         rows.append(
             {"variant": name, "per_position_stats": per_position, "std_shrinkage": shrinkage}
             | {k: result[k] for k in METRICS}

@@ -23,8 +23,9 @@ from report import environment, write_results
 
 from model.checkpoint import load_checkpoint
 from model.config import load_config
+from model.data import load_clips
 from model.evaluation import evaluate_path
-from model.pipeline import build_model, load_model, train
+from model.pipeline import build_model, calibrate_on, load_model, split_holdout, train
 
 ROOT = Path(__file__).resolve().parent
 
@@ -110,7 +111,9 @@ def run_variant(name: str, overrides: dict[str, Any], data: str, workdir: Path) 
         train(data, ckpt, cfg, version=f"ped2-{name}")
         model, meta = load_model(ckpt)
     train_seconds = time.perf_counter() - started
-    result = evaluate_path(model, meta.config, data, meta.config.train.smoothing_frames)
+    result = evaluate_path(
+        model, meta.config, data, meta.config.train.smoothing_frames, calibration=meta.calibration
+    )
     spec = meta.config.input
     return {
         "variant": name,
@@ -132,7 +135,10 @@ def run_rescored_row(name: str, base_ckpt: Path, update: dict[str, Any], data: s
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(tensors, strict=True)
     model.eval()
-    result = evaluate_path(model, cfg, data, cfg.train.smoothing_frames)
+    # Another score needs its own threshold: calibrated on the held-out clips, as training does.
+    _, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
+    calibration, _ = calibrate_on(model, holdout, cfg, cfg.train.false_alarm_rate)
+    result = evaluate_path(model, cfg, data, cfg.train.smoothing_frames, calibration=calibration)
     fps = round(median_fps(model, cfg.input.channels, cfg.input.height, cfg.input.width), 1)
     return {
         "variant": name,

@@ -106,7 +106,9 @@ def run_variant(name: str, overrides: dict[str, Any], data: str, workdir: Path) 
         model, meta = load_model(ckpt)
     train_seconds = time.perf_counter() - started
     assert isinstance(model, DAAD)
-    result = evaluate_path(model, meta.config, data, meta.config.train.smoothing_frames)
+    result = evaluate_path(
+        model, meta.config, data, meta.config.train.smoothing_frames, calibration=meta.calibration
+    )
     spec = meta.config.input
     pseudo = pseudo_auroc(str(ckpt), data, seed=0)
     return {

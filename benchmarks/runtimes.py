@@ -103,7 +103,11 @@ def main() -> None:
         for precision in artifacts:
             runtime = runtimes[("onnxruntime", precision)]
             result = evaluate_path(
-                runtime, runtime.model.config, args.data, runtime.model.config.train.smoothing_frames
+                runtime,
+                runtime.model.config,
+                args.data,
+                runtime.model.config.train.smoothing_frames,
+                calibration=runtime.model.calibration,
             )
             accuracy[f"onnxruntime-{precision}"] = {
                 k: result[k]
@@ -111,7 +115,11 @@ def main() -> None:
             }
         torch_rt = runtimes[("torch", "fp32")]
         result = evaluate_path(
-            torch_rt, torch_rt.model.config, args.data, torch_rt.model.config.train.smoothing_frames
+            torch_rt,
+            torch_rt.model.config,
+            args.data,
+            torch_rt.model.config.train.smoothing_frames,
+            calibration=torch_rt.model.calibration,
         )
         accuracy["torch-fp32"] = {
             k: result[k] for k in ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro", "pixel_auroc")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model.calibration import Calibration
 from model.config import ExperimentConfig
 from model.data import Clip, DataError, load_clips, with_motion
 from model.metrics import auroc, causal_smooth, frame_aurocs
@@ -48,20 +49,37 @@ def _score(
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def live_scores(raw: np.ndarray, calibration: Calibration | None, smoothing_frames: int) -> np.ndarray:
+    """The smoothed scores the live monitor thresholds, for one camera's raw scores in frame order.
+
+    The monitor maps each raw score to [0, 1] with the model's calibration (a logistic, threshold at
+    0.5) and then takes the causal mean of the latest `smoothing_frames` of them (monitor/camera.py,
+    default settings: no frame suppressed for its map's regions). So one extreme frame moves the mean
+    by at most 1 / smoothing_frames; a mean of raw scores would stay high for the whole window after
+    an event has left.
+    """
+    scores = raw if calibration is None else calibration.normalize(raw)
+    return causal_smooth(scores, smoothing_frames)
+
+
 def evaluate_clips(
     scorer: nn.Module | Runtime,
     cfg: ExperimentConfig,
     clips: list[Clip],
     smoothing_frames: int,
+    *,
+    calibration: Calibration | None,
     batch_size: int = 32,
 ) -> dict[str, float | int | str]:
     """Frame- and pixel-level AUROCs and scoring speed on labelled clips.
 
-    Scores are causally smoothed over `smoothing_frames` past frames (live-monitor behaviour) before
-    every frame-level AUROC; the paper protocol then min-max normalizes each video.
+    Every frame-level AUROC is taken over the scores the live monitor smooths (`live_scores`); the
+    paper protocol then min-max normalizes each video.
 
     Args:
         scorer: an in-memory model (uint8 frames -> score, map) or an opened runtime.
+        calibration: the model's score calibration, which the monitor applies before smoothing;
+            None smooths the raw scores (an uncalibrated model, which the monitor refuses to serve).
     """
     labelled = [c for c in clips if c.labels is not None]
     if not labelled:
@@ -79,7 +97,7 @@ def evaluate_clips(
         assert clip.labels is not None
         labels.append(clip.labels)
         raw_scores.append(raw)
-        smoothed.append(causal_smooth(raw, smoothing_frames))
+        smoothed.append(live_scores(raw, calibration, smoothing_frames))
         if clip.mask_paths:
             size = (clip.source_size[0] // PIXEL_DOWNSCALE, clip.source_size[1] // PIXEL_DOWNSCALE)
             pixel_truth.append(_mask_stack(clip, size))
@@ -93,6 +111,7 @@ def evaluate_clips(
     result["frames"] = frames
     result["clips"] = len(labelled)
     result["smoothing_frames"] = smoothing_frames
+    result["smoothed_scores"] = "raw" if calibration is None else "calibrated"
     result["threads"] = torch.get_num_threads()
     return result
 
@@ -102,8 +121,12 @@ def evaluate_path(
     cfg: ExperimentConfig,
     data: str | Path,
     smoothing_frames: int,
+    *,
+    calibration: Calibration | None,
     batch_size: int = 32,
 ) -> dict[str, float | int | str]:
-    """Evaluate on a Ped2 root (its test split) or any folder of labelled clips."""
+    """Evaluate on a Ped2 root (its test split) or any folder of labelled clips (see `evaluate_clips`)."""
     clips = load_clips(data, cfg.input, split="test")
-    return evaluate_clips(scorer, cfg, clips, smoothing_frames, batch_size)
+    return evaluate_clips(
+        scorer, cfg, clips, smoothing_frames, calibration=calibration, batch_size=batch_size
+    )

@@ -91,6 +91,14 @@ def score_inputs(
     return np.concatenate(scores), np.concatenate(maps)
 
 
+def calibrate_on(
+    model: torch.nn.Module, clips: list[Clip], cfg: ExperimentConfig, false_alarm_rate: float
+) -> tuple[Calibration, Calibration]:
+    """Frame-score and anomaly-map calibrations of a model on normal clips."""
+    raw, maps = score_inputs(model, model_inputs(clips, cfg), desc="calibration")
+    return calibrate_outputs(raw, maps, false_alarm_rate)
+
+
 def calibrate_outputs(
     raw: np.ndarray, maps: np.ndarray, false_alarm_rate: float
 ) -> tuple[Calibration, Calibration]:
@@ -202,9 +210,8 @@ def train(
     else:
         state = _fit_daad(model, inputs, cfg, saved_state, save_progress, anomalies)
     calibration_started = time.perf_counter()
-    calib_inputs = model_inputs(holdout, cfg) if holdout else inputs
-    raw, maps = score_inputs(model, calib_inputs, desc="calibration")
-    calibration, map_calibration = calibrate_outputs(raw, maps, cfg.train.false_alarm_rate)
+    calib_clips = holdout or fit_clips
+    calibration, map_calibration = calibrate_on(model, calib_clips, cfg, cfg.train.false_alarm_rate)
     state["seconds"] += time.perf_counter() - calibration_started
     meta = meta.model_copy(
         update={
@@ -214,7 +221,7 @@ def train(
             "training": {
                 "state": state,
                 "train_frames": len(inputs),
-                "calibration_frames": len(calib_inputs),
+                "calibration_frames": sum(len(c.frames) for c in calib_clips),
                 "calibration_source": "held-out clips" if holdout else "training frames",
                 "wall_seconds": time.perf_counter() - started,
                 "threads": torch.get_num_threads(),
@@ -232,8 +239,7 @@ def recalibrate(
     """Re-threshold a checkpoint on held-out normal footage and store the calibration in it."""
     model, meta = load_model(checkpoint)
     clips = load_clips(data, meta.config.input, split="train")
-    raw, maps = score_inputs(model, model_inputs(clips, meta.config), desc="calibration")
-    calibration, map_calibration = calibrate_outputs(raw, maps, false_alarm_rate)
+    calibration, map_calibration = calibrate_on(model, clips, meta.config, false_alarm_rate)
     meta = meta.model_copy(update={"calibration": calibration, "map_calibration": map_calibration})
     save_checkpoint(out or checkpoint, model.state_dict(), meta)
     return calibration

@@ -92,7 +92,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"scoring with {runtime.describe()}", file=sys.stderr)
     served = runtime.model
     smoothing = args.smoothing or served.config.train.smoothing_frames
-    result = evaluate_path(runtime, served.config, args.data, smoothing, batch_size=args.batch_size)
+    result = evaluate_path(
+        runtime,
+        served.config,
+        args.data,
+        smoothing,
+        calibration=served.calibration,
+        batch_size=args.batch_size,
+    )
     result = {
         "model": served.name,
         "version": served.version,

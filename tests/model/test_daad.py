@@ -175,7 +175,7 @@ def test_training_smoke_writes_a_checkpoint_that_serves_and_evaluates(
     # Normal statistics were fitted: not the initial placeholders.
     assert not torch.equal(model.score_stats, torch.tensor([0.0, 1.0, 0.0, 1.0]))
     assert not torch.equal(model.err_std, torch.ones_like(model.err_std))
-    result = evaluate_path(model, loaded.config, ped2_like, smoothing_frames=4)
+    result = evaluate_path(model, loaded.config, ped2_like, 4, calibration=loaded.calibration)
     assert result["frames"] == 48 and 0.0 <= float(result["pixel_auroc"]) <= 1.0
     # The generated anomaly (a big bright fast block) is easy: even a 2-epoch tiny model must see it.
     assert float(result["auroc_causal_micro"]) > 0.8, json.dumps(result)

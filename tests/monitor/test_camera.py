@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from model.calibration import Calibration
+from model.evaluation import live_scores
 from model.metrics import causal_smooth
 from monitor.camera import AlertEvent, AlertTracker, CameraSettings, CameraState, PerCameraSettings
 from monitor.localize import MapScale
@@ -209,6 +210,21 @@ def test_smoothing_is_causal_mean_of_the_last_frames() -> None:
     cam2 = state(smoothing_frames=5)
     smoothed2 = [cam2.update(i, T0 + i / FPS, raw_for(x), None, (240, 360)).smoothed for i, x in enumerate(q)]
     assert smoothed2[:25] == smoothed[:25] and smoothed2[25] != smoothed[25]
+
+
+def test_evaluation_smooths_what_the_monitor_smooths() -> None:
+    # The benchmark protocol's headline is the score the live monitor thresholds: the evaluation's
+    # smoothed scores must be the camera's, frame for frame, extreme raw scores included.
+    rng = np.random.default_rng(1)
+    raw = rng.normal(CAL.threshold, 2.0, 60)
+    raw[20:24] = 40.0  # an event far above the threshold, then normal frames again
+    cam = state(smoothing_frames=8)
+    live = [cam.update(i, T0 + i / FPS, float(x), None, (240, 360)).smoothed for i, x in enumerate(raw)]
+    np.testing.assert_allclose(np.asarray(live, dtype=float), live_scores(raw, CAL, 8), atol=1e-12)
+    # Four frames after the event, the raw mean would still be far above the threshold; the monitor's
+    # mean of calibrated scores is bounded by the event's share of the window.
+    assert causal_smooth(raw, 8)[27] > 2 * CAL.threshold + 10
+    assert live_scores(raw, CAL, 8)[27] <= 4 / 8 + 4 / 8 * float(CAL.normalize(raw[24:28]).max())
 
 
 def test_verdict_carries_normalized_score_and_alert_state() -> None:

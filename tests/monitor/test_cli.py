@@ -61,6 +61,7 @@ def test_eval_reports_the_protocol_metrics(trained: Path, ped2_like: Path, tmp_p
     for key in ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro", "pixel_auroc"):
         assert 0.0 <= result[key] <= 1.0
     assert result["frames"] == 48 and result["fps"] > 0
+    assert result["smoothed_scores"] == "calibrated"  # as the monitor smooths them
     # The generated anomaly (a big bright fast block) is easy: even a 2-epoch tiny model must see it.
     assert result["auroc_causal_micro"] > 0.8
 
