@@ -1,8 +1,9 @@
 """Compare checkpoints on synthetic anomalies added to held-out normal clips: no test labels involved.
 
 Each checkpoint scores its own held-out training clips (the ones its calibration used) with fast
-moving scene patches inserted (model/pseudo_anomaly.py, fixed seed); the AUROC of the causally
-smoothed scores is reported. This is the label-free rule used to choose between model settings.
+moving scene patches inserted (model/pseudo_anomaly.py, fixed seed); the AUROC of the scores as the
+live monitor smooths them (calibrated, then a causal mean) is reported. This is the label-free rule
+used to choose between model settings.
 
     python benchmarks/pseudo_validation.py runs/ped2/*.safetensors --data ../shared/data/ucsd_ped2
 """
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 
 from model.data import load_clips, with_motion
-from model.metrics import auroc, causal_smooth
+from model.evaluation import live_scores
+from model.metrics import auroc
 from model.pipeline import load_model, score_inputs, split_holdout
 from model.pseudo_anomaly import add_moving_patches
 
@@ -33,7 +35,7 @@ def pseudo_auroc(checkpoint: str, data: str, seed: int) -> dict[str, float | str
         scores, _ = score_inputs(model, with_motion(frames, cfg.input), desc=clip.name)
         labels.append(lab)
         raw.append(scores)
-        smoothed.append(causal_smooth(scores, cfg.train.smoothing_frames))
+        smoothed.append(live_scores(scores, meta.calibration, cfg.train.smoothing_frames))
     y = np.concatenate(labels)
     return {
         "checkpoint": checkpoint,

@@ -7,6 +7,7 @@ appearance at its place. Settings are chosen on held-out normal clips with such 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -46,6 +47,61 @@ def add_moving_patches(
             y = int(np.clip(y0 + vy * i, 0, h - ph))
             x = int(np.clip(x0 + vx * i, 0, w - pw))
             out[t + i, :, y : y + ph, x : x + pw] = frames[t + i, :, sy : sy + ph, sx : sx + pw]
+            labels[t + i] = 1
+        t += length + int(rng.integers(*event_frames))
+    return out, labels
+
+
+def add_foreign_objects(
+    frames: np.ndarray,
+    rng: np.random.Generator,
+    objects: np.ndarray,
+    event_frames: tuple[int, int] = (15, 40),
+    height_fraction: tuple[float, float] = (0.12, 0.25),
+    speed_fraction: tuple[float, float] = (0.0, 0.02),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Insert alternating normal stretches and events in which an object foreign to the scene crosses it.
+
+    Unlike `add_moving_patches`, the anomaly is what the object is, not how fast it goes: each event
+    pastes one image of `objects` (e.g. photographs of things that never appear in the scene),
+    resized to about a person's height and blended in through a soft elliptical mask (so that no
+    rectangle edge gives it away), moving in a straight line from standing still up to a few times
+    walking pace.
+
+    Args:
+        frames: uint8 [T, C, H, W] of one normal clip.
+        rng: random generator (fix its seed for a repeatable validation set).
+        objects: uint8 [N, h, w] grayscale object images; one is drawn per event.
+        event_frames: min/max length of an event in frames.
+        height_fraction: object height as a fraction of the frame height.
+        speed_fraction: object speed per frame as a fraction of the frame width.
+
+    Returns:
+        (frames with events, 0/1 label per frame).
+    """
+    out = frames.copy()
+    t_total, _, h, w = frames.shape
+    labels = np.zeros(t_total, dtype=np.int64)
+    t = int(rng.integers(*event_frames))
+    while t < t_total:
+        length = min(int(rng.integers(*event_frames)), t_total - t)
+        source = objects[int(rng.integers(len(objects)))]
+        oh = max(6, int(h * rng.uniform(*height_fraction)))
+        ow = max(6, min(w - 1, int(oh * source.shape[1] / source.shape[0] * rng.uniform(0.7, 1.3))))
+        patch = cv2.resize(source, (ow, oh), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        yy, xx = np.mgrid[0:oh, 0:ow]
+        r2 = ((yy + 0.5) / oh * 2 - 1) ** 2 + ((xx + 0.5) / ow * 2 - 1) ** 2
+        alpha = np.clip((1.0 - r2) / 0.3, 0.0, 1.0).astype(np.float32)  # soft edge, opaque core
+        y0, x0 = rng.uniform(0, h - oh), rng.uniform(0, w - ow)
+        speed = w * rng.uniform(*speed_fraction)
+        angle = rng.uniform(0, 2 * np.pi)
+        vy, vx = speed * np.sin(angle), speed * np.cos(angle)
+        for i in range(length):
+            y = int(np.clip(y0 + vy * i, 0, h - oh))
+            x = int(np.clip(x0 + vx * i, 0, w - ow))
+            region = out[t + i, :, y : y + oh, x : x + ow].astype(np.float32)
+            blended = alpha * patch + (1.0 - alpha) * region
+            out[t + i, :, y : y + oh, x : x + ow] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
             labels[t + i] = 1
         t += length + int(rng.integers(*event_frames))
     return out, labels

@@ -9,7 +9,7 @@ import torch
 from model import pipeline
 from model.anomem import train as anomem_train
 from model.checkpoint import load_checkpoint
-from model.pseudo_anomaly import add_moving_patches
+from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
 from tests.conftest import tiny_config
 
 
@@ -58,3 +58,21 @@ def test_pseudo_anomalies_mark_exactly_the_changed_frames() -> None:
     differs = (changed != frames).reshape(len(frames), -1).any(axis=1)
     assert labels.sum() > 0 and (labels == 0).sum() > 0
     assert not differs[labels == 0].any()
+
+
+def test_foreign_objects_mark_exactly_the_changed_frames_and_are_repeatable() -> None:
+    frames = np.full((120, 1, 60, 90), 100, dtype=np.uint8)  # a flat scene: every paste shows
+    objects = np.stack([np.full((32, 32), 250, np.uint8), np.full((32, 32), 10, np.uint8)])
+    changed, labels = add_foreign_objects(frames, np.random.default_rng(0), objects)
+    differs = (changed != frames).reshape(len(frames), -1).any(axis=1)
+    assert labels.sum() > 0 and (labels == 0).sum() > 0
+    np.testing.assert_array_equal(differs, labels.astype(bool))
+    # The soft elliptical mask: the object's core is pasted opaque, the patch's corners are untouched.
+    first = int(np.flatnonzero(labels)[0])
+    ys, xs = np.nonzero(changed[first, 0] != 100)
+    box = changed[first, 0, ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    assert box[box.shape[0] // 2, box.shape[1] // 2] in (250, 10)
+    assert box[0, 0] == 100 and box[-1, -1] == 100
+    again, labels_again = add_foreign_objects(frames, np.random.default_rng(0), objects)
+    np.testing.assert_array_equal(again, changed)
+    np.testing.assert_array_equal(labels_again, labels)
