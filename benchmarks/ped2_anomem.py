@@ -163,9 +163,10 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     ]
     protocol = (
         "Protocol (MODELS.md): train on train/ only (2 of 16 clips held out for calibration); all 2010 "
-        "test frames. Causal micro = pooled AUROC of scores causally smoothed over the past "
-        f"{rows[0]['smoothing_frames']} frames (what the live monitor sees; the headline). Unsmoothed = the "
-        "same with no smoothing. Paper micro = per-video min-max of the same smoothed scores, pooled (the "
+        "test frames. Causal micro = pooled AUROC of the scores the live monitor thresholds: each frame's "
+        "score calibrated to [0, 1] (the checkpoint's calibration, fitted on the held-out clips) and then "
+        f"averaged with the previous {rows[0]['smoothing_frames'] - 1} (the headline). Unsmoothed = the raw "
+        "scores with no smoothing. Paper micro = per-video min-max of the same smoothed scores, pooled (the "
         "published protocol). Macro = mean per-clip AUROC over clips with both classes. Pixel AUROC = "
         "anomaly maps vs masks/ at half resolution (120x180), pooled over all test frames. Scoring fps = "
         "model forward (PyTorch eager, CPU), median over 15 batches of 32 after warm-up. Train s = wall "
