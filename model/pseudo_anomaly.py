@@ -1,8 +1,11 @@
 """Synthetic anomalies on normal footage, to compare model settings without touching test labels.
 
-A patch cut from the same scene is pasted so that it moves across the frame much faster than
-anything in normal footage: an object with unusual motion, and (being a displaced patch) unusual
-appearance at its place. Settings are chosen on held-out normal clips with such events added.
+Two kinds of event, each on held-out normal clips:
+- `add_moving_patches`: a patch cut from the same scene moves across the frame much faster than
+  anything in normal footage: an object with unusual motion, and (being a displaced patch) unusual
+  appearance at its place.
+- `add_foreign_objects`: an object that never appears in the scene (from another image collection)
+  crosses it at anything from standing still to a few times walking pace: unusual appearance first.
 """
 
 from __future__ import annotations
