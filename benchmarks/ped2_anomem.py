@@ -173,10 +173,11 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "time of `anomon train` (stage 1 + stage 2 + calibration) on this CPU."
     )
     rows_note = (
-        "Rows: anomem-default is the committed artifact (v7 score: standardized scale terms, each "
-        "pooled over the same image area, plus a speed term). v6-cells and v5-scale-sum are the same "
-        "network (training is deterministic) with the v6 score (top-8 cells of every grid) and the v5 "
-        "score (plain sum of the scales' top-8 cells); the rows from normal-flow-motion to "
+        "Rows: anomem-default is the default config (v7 score: standardized scale terms, each pooled "
+        "over the same image area, plus a speed term), trained by this run and copied to the artifact "
+        "path (`--artifact`). v6-cells and v5-scale-sum are the same network (the three trainings of a "
+        "run give identical weights) with the v6 score (top-8 cells of every grid) and the v5 score "
+        "(plain sum of the scales' top-8 cells); the rows from normal-flow-motion to "
         "resnet18-scratch were trained with that score and keep it, so they compare encoders, scales "
         "and motion with one another. The last rows rescore the default's network: without the speed "
         "term, with the Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed "
