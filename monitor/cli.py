@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="Ped2 root (its test split) or labelled clips")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument(
-        "--smoothing", type=int, help="causal smoothing window in frames (default: the checkpoint's)"
+        "--smoothing",
+        type=int,
+        help="frames in the causal mean of calibrated scores, as in the monitor (default: the checkpoint's)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="frames per inference batch")
     p.add_argument("--threads", type=int, help="CPU threads (default: the backend's choice)")
