@@ -10,8 +10,12 @@ Two kinds of event, each on held-out normal clips:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
+
+PasteFn = Callable[[int, int, int], None]  # (frame index, top, left): draw the event's object there
 
 
 def add_moving_patches(
@@ -33,26 +37,20 @@ def add_moving_patches(
     Returns:
         (frames with events, 0/1 label per frame).
     """
-    out = frames.copy()
-    t_total, _, h, w = frames.shape
-    labels = np.zeros(t_total, dtype=np.int64)
-    t = int(rng.integers(*event_frames))
-    while t < t_total:
-        length = min(int(rng.integers(*event_frames)), t_total - t)
+    _, _, h, w = frames.shape
+
+    def start_event(out: np.ndarray) -> tuple[int, int, float, float, PasteFn]:
         ph = max(4, int(h * rng.uniform(*patch_fraction)))
         pw = max(4, int(ph * rng.uniform(0.6, 1.4)))
         sy, sx = int(rng.integers(0, h - ph)), int(rng.integers(0, w - pw))
         y0, x0 = float(rng.integers(0, h - ph)), float(rng.integers(0, w - pw))
-        speed = w * rng.uniform(*speed_fraction)
-        angle = rng.uniform(0, 2 * np.pi)
-        vy, vx = speed * np.sin(angle), speed * np.cos(angle)
-        for i in range(length):
-            y = int(np.clip(y0 + vy * i, 0, h - ph))
-            x = int(np.clip(x0 + vx * i, 0, w - pw))
-            out[t + i, :, y : y + ph, x : x + pw] = frames[t + i, :, sy : sy + ph, sx : sx + pw]
-            labels[t + i] = 1
-        t += length + int(rng.integers(*event_frames))
-    return out, labels
+
+        def paste(t: int, y: int, x: int) -> None:
+            out[t, :, y : y + ph, x : x + pw] = frames[t, :, sy : sy + ph, sx : sx + pw]
+
+        return ph, pw, y0, x0, paste
+
+    return _insert_events(frames, rng, event_frames, speed_fraction, start_event)
 
 
 def add_foreign_objects(
@@ -82,12 +80,9 @@ def add_foreign_objects(
     Returns:
         (frames with events, 0/1 label per frame).
     """
-    out = frames.copy()
-    t_total, _, h, w = frames.shape
-    labels = np.zeros(t_total, dtype=np.int64)
-    t = int(rng.integers(*event_frames))
-    while t < t_total:
-        length = min(int(rng.integers(*event_frames)), t_total - t)
+    _, _, h, w = frames.shape
+
+    def start_event(out: np.ndarray) -> tuple[int, int, float, float, PasteFn]:
         source = objects[int(rng.integers(len(objects)))]
         oh = max(6, int(h * rng.uniform(*height_fraction)))
         ow = max(6, min(w - 1, int(oh * source.shape[1] / source.shape[0] * rng.uniform(0.7, 1.3))))
@@ -96,15 +91,44 @@ def add_foreign_objects(
         r2 = ((yy + 0.5) / oh * 2 - 1) ** 2 + ((xx + 0.5) / ow * 2 - 1) ** 2
         alpha = np.clip((1.0 - r2) / 0.3, 0.0, 1.0).astype(np.float32)  # soft edge, opaque core
         y0, x0 = rng.uniform(0, h - oh), rng.uniform(0, w - ow)
+
+        def paste(t: int, y: int, x: int) -> None:
+            region = out[t, :, y : y + oh, x : x + ow].astype(np.float32)
+            blended = alpha * patch + (1.0 - alpha) * region
+            out[t, :, y : y + oh, x : x + ow] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+        return oh, ow, y0, x0, paste
+
+    return _insert_events(frames, rng, event_frames, speed_fraction, start_event)
+
+
+def _insert_events(
+    frames: np.ndarray,
+    rng: np.random.Generator,
+    event_frames: tuple[int, int],
+    speed_fraction: tuple[float, float],
+    start_event: Callable[[np.ndarray], tuple[int, int, float, float, PasteFn]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Alternate normal stretches and events; each event's object moves in a straight line.
+
+    `start_event(out)` draws one event's object and returns its (height, width, top, left) at the
+    start and the function that draws it; the object then moves at a random speed and direction,
+    clamped to the frame.
+    """
+    out = frames.copy()
+    t_total, _, h, w = frames.shape
+    labels = np.zeros(t_total, dtype=np.int64)
+    t = int(rng.integers(*event_frames))
+    while t < t_total:
+        length = min(int(rng.integers(*event_frames)), t_total - t)
+        oh, ow, y0, x0, paste = start_event(out)
         speed = w * rng.uniform(*speed_fraction)
         angle = rng.uniform(0, 2 * np.pi)
         vy, vx = speed * np.sin(angle), speed * np.cos(angle)
         for i in range(length):
             y = int(np.clip(y0 + vy * i, 0, h - oh))
             x = int(np.clip(x0 + vx * i, 0, w - ow))
-            region = out[t + i, :, y : y + oh, x : x + ow].astype(np.float32)
-            blended = alpha * patch + (1.0 - alpha) * region
-            out[t + i, :, y : y + oh, x : x + ow] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+            paste(t + i, y, x)
             labels[t + i] = 1
         t += length + int(rng.integers(*event_frames))
     return out, labels
