@@ -23,7 +23,7 @@ from report import environment, write_results
 
 from model.checkpoint import load_checkpoint
 from model.config import load_config
-from model.data import load_clips
+from model.data import Clip, load_clips
 from model.evaluation import evaluate_path
 from model.pipeline import build_model, calibrate_on, load_model, split_holdout, train
 
@@ -128,15 +128,17 @@ def run_variant(name: str, overrides: dict[str, Any], data: str, workdir: Path) 
     }
 
 
-def run_rescored_row(name: str, base_ckpt: Path, update: dict[str, Any], data: str) -> dict[str, Any]:
-    """The same trained network and statistics, scored with `update` applied to its model config."""
+def run_rescored_row(
+    name: str, base_ckpt: Path, update: dict[str, Any], data: str, holdout: list[Clip]
+) -> dict[str, Any]:
+    """The same trained network and statistics, scored with `update` applied to its model config;
+    calibrated on `holdout`, the clips training held out."""
     tensors, meta = load_checkpoint(base_ckpt)
     cfg = meta.config.model_copy(update={"model": meta.config.model.model_copy(update=update)})
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(tensors, strict=True)
     model.eval()
     # Another score needs its own threshold: calibrated on the held-out clips, as training does.
-    _, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
     calibration, _ = calibrate_on(model, holdout, cfg, cfg.train.false_alarm_rate)
     result = evaluate_path(model, cfg, data, cfg.train.smoothing_frames, calibration=calibration)
     fps = round(median_fps(model, cfg.input.channels, cfg.input.height, cfg.input.width), 1)
@@ -220,9 +222,12 @@ def main() -> int:
         print(json.dumps(rows[-1], indent=1), flush=True)
     if RESCORED_FROM in args.variants:
         base = workdir / f"{RESCORED_FROM}.safetensors"
+        base_cfg = load_checkpoint(base)[1].config
+        clips = load_clips(args.data, base_cfg.input, split="train")
+        _, holdout = split_holdout(clips, base_cfg.train.holdout_fraction)  # calibrates every row
         for name, update in RESCORED.items():
             print(f"== {name}", flush=True)
-            rows.append(run_rescored_row(name, base, update, args.data))
+            rows.append(run_rescored_row(name, base, update, args.data, holdout))
             print(json.dumps(rows[-1], indent=1), flush=True)
         Path(args.artifact).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(base, args.artifact)
