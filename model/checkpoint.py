@@ -102,6 +102,8 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         meta = _with_model_fields(meta, topk_pooling="cells")  # v7 changed the default to "area"
     if _model_without(fields, "daad", "latent_stats"):
         meta = _with_model_fields(meta, latent_stats="frame")  # raw latent cells, as it was trained
+    if _model_without(fields, "daad", "speed_weight"):
+        meta = _with_model_fields(meta, speed_weight=0.0)  # its score had no speed term
     return tensors, meta
 
 

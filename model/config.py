@@ -190,6 +190,14 @@ class DAADConfig(_Strict):
         "std before the top-k, like the error cells) or frame (raw; before it existed); ignored when "
         "latent_topk is None",
     )
+    speed_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of the speed term in the score (with motion input): the mean Lucas-Kanade "
+        "speed over flow_window pixels of the speed_topk fastest map cells, standardized over normal "
+        "frames like the other terms, as AnoMem's score has it; 0: off (the score before it existed)",
+    )
+    speed_topk: int = Field(16, ge=1, description="the speed term pools the k fastest map cells")
     map_stride: int = Field(8, ge=1, description="anomaly map cell size in input pixels")
     topk: int = Field(16, ge=1, description="the reconstruction score is the mean of the k worst cells")
     map_sigma: float = Field(1.0, ge=0)

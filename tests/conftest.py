@@ -142,4 +142,7 @@ def tiny_checkpoint(ped2_like: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 PED2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucsd_ped2"
-PED2_CHECKPOINT = Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts" / "anomem_ped2.safetensors"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts"
+PED2_CHECKPOINT = ARTIFACTS / "anomem_ped2.safetensors"
+# Both committed Ped2 checkpoints: everything downstream of training must work for either model.
+PED2_CHECKPOINTS = [PED2_CHECKPOINT, ARTIFACTS / "daad_ped2.safetensors"]

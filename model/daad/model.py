@@ -94,6 +94,7 @@ class DAAD(nn.Module):
     lat_mean: torch.Tensor
     lat_std: torch.Tensor
     score_stats: torch.Tensor
+    speed_stats: torch.Tensor
     map_kernel: torch.Tensor
     sobel: torch.Tensor
 
@@ -144,6 +145,9 @@ class DAAD(nn.Module):
         self.register_buffer("lat_std", torch.ones(1, 1, *latent_size), persistent=per_position)
         # Normal mean and std of the pooled reconstruction score and of the latent distance.
         self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        # Normal mean and std of the speed term; saved only when the score has one.
+        self.has_speed_term = spec.motion and cfg.speed_weight > 0
+        self.register_buffer("speed_stats", torch.tensor([0.0, 1.0]), persistent=self.has_speed_term)
         self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
         self.register_buffer("sobel", sobel_kernels(), persistent=False)
         # Narrow convolutions at high resolution train about 1.4x faster channels-last on CPU.
@@ -173,6 +177,23 @@ class DAAD(nn.Module):
         num = F.avg_pool2d(temporal * gradient.sqrt(), 3, stride=1, padding=1, count_include_pad=False)
         den = F.avg_pool2d(gradient, 3, stride=1, padding=1, count_include_pad=False)
         return (num / (den + 1e-4) / self.cfg.speed_scale).clamp(max=1.0)
+
+    def speed_cells(self, frames: torch.Tensor) -> torch.Tensor:
+        """Mean Lucas-Kanade speed (input pixels per frame, not clipped) of every map cell of uint8
+        frames with their previous frame: [B, 1, h, w]."""
+        x = frames.float() / 255.0
+        c = self.spec.frame_channels
+        speed = lucas_kanade_speed(x[:, :c], x[:, c:], self.sobel, self.cfg.flow_window)
+        return F.avg_pool2d(speed, self.cfg.map_stride, ceil_mode=True)
+
+    def speed(self, frames: torch.Tensor) -> torch.Tensor:
+        """The speed term's raw value [B]: the mean speed of the `speed_topk` fastest map cells.
+
+        The motion channel is rebuilt through the memories, and the decoder reproduces much of fast
+        motion (see benchmarks/README.md), so its error understates speed; this term says directly
+        that something moves faster than anything in normal footage, as AnoMem's speed term does.
+        """
+        return topk_mean(self.speed_cells(frames), self.cfg.speed_topk)
 
     def target(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [B, C, H, W] -> what the autoencoder rebuilds, [B, C', Hp, Wp] in [0, 1], padded."""
@@ -276,4 +297,11 @@ class DAAD(nn.Module):
         score = (topk_mean(z, self.cfg.topk) - stats[0]) / stats[1]
         if self.cfg.latent_weight > 0:
             score = score + self.cfg.latent_weight * (self.latent_distance(rec) - stats[2]) / stats[3]
+        if self.has_speed_term:
+            cells = (self.speed_cells(frames) - self.speed_stats[0]) / self.speed_stats[1]
+            k = self.cfg.speed_topk
+            score = score + self.cfg.speed_weight * topk_mean(cells, k)
+            # The map shows what the score weighs: cells faster than the normal frames' fastest add
+            # their excess, so an alert raised for speed boxes what moves too fast.
+            z = z + self.cfg.speed_weight * cells.clamp(min=0.0)
         return score, smooth(z, self.map_kernel)

@@ -150,14 +150,18 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
 
     Mean and std of the error cells (per position, shrunk towards the pooled variance, or one for
     all cells) and, with `latent_stats: position`, of the discriminator-latent cells per position;
-    then the mean and std over frames of the pooled reconstruction score and of the latent distance.
+    then the mean and std over frames of the pooled reconstruction score, of the latent distance and,
+    when the score has one, of the speed term.
     """
     model.eval()
     device = _device(model)
     per_cell = model.cfg.latent_topk is not None
-    cells, latents = [], []
+    cells, latents, speeds = [], [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc="normal statistics", unit="batch", leave=False):
-        rec = model.reconstruct(model.target(torch.from_numpy(inputs[start : start + batch_size]).to(device)))
+        frames = torch.from_numpy(inputs[start : start + batch_size]).to(device)
+        rec = model.reconstruct(model.target(frames))
+        if model.has_speed_term:
+            speeds.append(model.speed(frames).cpu())
         cells.append(model.error_cells(rec).cpu())
         latents.append((model.latent_cells(rec) if per_cell else model.latent_distance(rec)).cpu())
     all_cells, latent = torch.cat(cells), torch.cat(latents)
@@ -177,3 +181,6 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
     stats = [pooled.mean(), pooled.std(), latent.mean(), latent.std()]
     model.score_stats.copy_(torch.stack(stats))
     model.score_stats[1::2].clamp_(min=1e-6)
+    if speeds:
+        speed = torch.cat(speeds)
+        model.speed_stats.copy_(torch.stack([speed.mean(), speed.std().clamp(min=1e-6)]))

@@ -134,3 +134,23 @@ def test_daad_checkpoint_from_before_latent_stats_keeps_raw_latent_cells(tmp_pat
     # Without the upgrade the new default (position) would look for fitted per-cell statistics.
     with pytest.raises(RuntimeError, match="lat_mean"):
         build_model(tiny_daad_config()).load_state_dict(load_checkpoint(path)[0], strict=True)
+
+
+def test_daad_checkpoint_from_before_the_speed_term_scores_as_it_did(tmp_path: Path) -> None:
+    """A DAAD checkpoint without `speed_weight` (nor `speed_stats`) loads with no speed term."""
+    cfg = tiny_daad_config(speed_weight=0.0)
+    model = build_model(cfg).eval()
+    model.score_stats.copy_(torch.tensor([0.3, 2.0, 0.1, 4.0]))  # type: ignore[operator]
+    assert "speed_stats" not in model.state_dict()
+    path = tmp_path / "daad_v2.safetensors"
+    _write_older(path, model, "daad", cfg, ("speed_weight", "speed_topk"))
+
+    restored, meta = load_model(path)
+    assert meta.config.model.speed_weight == 0.0  # type: ignore[union-attr]
+    texture = torch.randint(0, 256, (3, 1, 32, 48), dtype=torch.uint8)
+    frames = torch.cat([texture, torch.roll(texture, 3, dims=3)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(frames)[0], model(frames)[0])
+    # Without the upgrade the new default (a speed term) would look for its fitted statistics.
+    with pytest.raises(RuntimeError, match="speed_stats"):
+        build_model(tiny_daad_config()).load_state_dict(load_checkpoint(path)[0], strict=True)

@@ -5,11 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import pipeline
+from model.anomaly_map import smooth
 from model.daad import train as daad_train
 from model.daad.model import DAAD, Reconstruction
 from model.evaluation import evaluate_path
+from model.motion import lucas_kanade_speed
 from tests.conftest import assert_onnx_matches_torch, tiny_daad_config
 
 
@@ -103,6 +106,46 @@ def test_score_adds_the_normalized_latent_distance_when_weighted() -> None:
         rec = with_latent.reconstruct(with_latent.target(frames))
         latent = (with_latent.latent_distance(rec) - 0.1) / 4.0
         torch.testing.assert_close(with_latent(frames)[0], without(frames)[0] + 0.5 * latent)
+
+
+def test_speed_term_is_the_standardized_speed_of_the_fastest_cells() -> None:
+    """The score adds speed_weight * (mean LK speed of the k fastest map cells - mean) / std."""
+    torch.manual_seed(0)
+    with_speed = pipeline.build_model(tiny_daad_config(speed_weight=0.5, speed_topk=3)).eval()
+    without = pipeline.build_model(tiny_daad_config(speed_weight=0.0)).eval()
+    assert isinstance(with_speed, DAAD) and isinstance(without, DAAD)
+    assert "speed_stats" in with_speed.state_dict() and "speed_stats" not in without.state_dict()
+    without.load_state_dict(with_speed.state_dict(), strict=False)
+    with_speed.speed_stats.copy_(torch.tensor([0.2, 0.5]))
+    texture = torch.randint(0, 256, (2, 1, 32, 48), dtype=torch.uint8)
+    frames = torch.cat([texture, torch.roll(texture, 1, dims=3)], dim=1)  # everything moved 1 px
+    with torch.no_grad():
+        x = frames.float() / 255
+        speed = lucas_kanade_speed(x[:, :1], x[:, 1:], with_speed.sobel, with_speed.cfg.flow_window)
+        cells = F.avg_pool2d(speed, 4).flatten(1)  # map_stride 4: 8 x 12 cells
+        expected = cells.topk(3, dim=1).values.mean(dim=1)
+        torch.testing.assert_close(with_speed.speed(frames), expected)
+        (score, heatmap), (plain_score, plain_map) = with_speed(frames), without(frames)
+        torch.testing.assert_close(score, plain_score + 0.5 * (expected - 0.2) / 0.5)
+        # The map adds the standardized speed of the cells faster than the normal fastest ones.
+        excess = ((cells.view(2, 1, 8, 12) - 0.2) / 0.5).clamp(min=0.0)
+        torch.testing.assert_close(heatmap, plain_map + smooth(0.5 * excess, with_speed.map_kernel))
+        assert excess.max() > 0
+        # A still scene reads no speed; a whole-frame shift of 1 px reads about 1 px per frame.
+        still = torch.cat([texture, texture], dim=1)
+        assert with_speed.speed(still).abs().max() < 1e-3
+        assert 0.5 < float(expected.min()) < 2.0
+
+
+def test_speed_statistics_are_fitted_on_normal_frames() -> None:
+    torch.manual_seed(0)
+    frames = torch.randint(0, 256, (20, 2, 32, 48), dtype=torch.uint8)
+    model = pipeline.build_model(tiny_daad_config()).eval()
+    assert isinstance(model, DAAD)
+    daad_train.fit_normal_stats(model, frames.numpy())
+    with torch.no_grad():
+        speed = model.speed(frames)
+    torch.testing.assert_close(model.speed_stats, torch.stack([speed.mean(), speed.std()]))
 
 
 def test_latent_distance_is_the_top_cells_or_the_pooled_features() -> None:

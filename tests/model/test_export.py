@@ -13,7 +13,7 @@ from model.data import load_clips
 from model.export import ArtifactError, export_artifact, load_artifact_meta
 from model.pipeline import load_model, model_inputs
 from model.runtime.onnxruntime_backend import OrtRuntime
-from tests.conftest import PED2, PED2_CHECKPOINT
+from tests.conftest import PED2, PED2_CHECKPOINTS
 
 # Tolerances: FP32 graphs differ from eager PyTorch only by kernel order (observed ~1e-5); FP16
 # carries ~3 significant digits through ~60 layers; INT8 is judged by ranking, not by value.
@@ -127,10 +127,11 @@ def test_altered_graph_is_refused(exported: dict[str, Path], tmp_path: Path) -> 
 
 
 @pytest.mark.skipif(not PED2.is_dir(), reason="UCSD Ped2 not present at ../shared/data/ucsd_ped2")
-def test_committed_ped2_model_matches_pytorch_on_real_frames(tmp_path: Path) -> None:
-    export_artifact(PED2_CHECKPOINT, tmp_path, "fp32")
-    frames = _real_inputs(PED2_CHECKPOINT, PED2, 16)
+@pytest.mark.parametrize("checkpoint", PED2_CHECKPOINTS, ids=lambda p: p.stem)
+def test_committed_ped2_model_matches_pytorch_on_real_frames(checkpoint: Path, tmp_path: Path) -> None:
+    export_artifact(checkpoint, tmp_path, "fp32")
+    frames = _real_inputs(checkpoint, PED2, 16)
     score, amap = OrtRuntime(tmp_path, device="cpu", threads=2).infer(frames)
-    ref_score, ref_map = _torch_outputs(PED2_CHECKPOINT, frames)
+    ref_score, ref_map = _torch_outputs(checkpoint, frames)
     np.testing.assert_allclose(score, ref_score, atol=FP32_ATOL)
     np.testing.assert_allclose(amap, ref_map, atol=FP32_ATOL)

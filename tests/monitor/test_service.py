@@ -25,7 +25,7 @@ from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.replay import ReplayReport, find_clips, replay
 from monitor.service import ModelPlan, plan_model
 from monitor.wire import HEADER_ERROR, HEADER_SOURCE, AlertMessage, decode, frame_headers
-from tests.conftest import PED2, PED2_CHECKPOINT
+from tests.conftest import PED2, PED2_CHECKPOINTS
 from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, decode_scores, service_config
 
 TopicsFactory = Callable[[int], ServiceTopics]
@@ -68,14 +68,20 @@ def _box_hits_mask(bbox: list[int], mask: np.ndarray) -> bool:
     return bool(mask[y1 : y2 + 1, x1 : x2 + 1].any())
 
 
-@pytest.fixture(scope="module")
-def ped2_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The committed Ped2 checkpoint exported to fp32 ONNX."""
+@pytest.fixture(scope="module", params=PED2_CHECKPOINTS, ids=lambda p: p.stem)
+def ped2_artifact(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each committed Ped2 checkpoint (AnoMem, DAAD) exported to fp32 ONNX."""
     if not (PED2 / "labels.json").is_file():
         pytest.skip(f"UCSD Ped2 is not at {PED2}")
-    out = tmp_path_factory.mktemp("ped2_onnx")
-    export_artifact(PED2_CHECKPOINT, out, "fp32")
+    out = tmp_path_factory.mktemp("ped2_onnx") / request.param.stem
+    export_artifact(request.param, out, "fp32")
     return out
+
+
+# DAAD's alerts on clip 01 carry almost no regions: its map's threshold (the map maximum exceeded by
+# 1% of held-out normal frames) sits above the cyclist's cells, and the peak frame's one region is a
+# walker entering at the left border (benchmarks/README.md, DAAD). Its boxes are not asserted.
+LOCALIZES = {"anomem_ped2": True, "daad_ped2": False}
 
 
 def test_a_ped2_clip_is_scored_once_per_frame_in_order_and_alerts_on_the_anomaly(
@@ -120,10 +126,14 @@ def test_a_ped2_clip_is_scored_once_per_frame_in_order_and_alerts_on_the_anomaly
         )
         peak = end.peak
         assert labels[peak.frame_index] == 1
+        if not LOCALIZES[ped2_artifact.name]:
+            continue
         mask = cv2.imread(str(PED2 / "masks" / clip / f"{peak.frame_index:03d}.png"), cv2.IMREAD_GRAYSCALE)
         assert peak.regions and any(_box_hits_mask(r.bbox, mask) for r in peak.regions)
 
     # Boxes are in source pixels and mostly on the labelled anomaly.
+    if not LOCALIZES[ped2_artifact.name]:
+        return
     boxed = [s for s in scores if s.anomalous and s.regions and labels[s.frame_index]]
     hits = 0
     for s in boxed:
