@@ -15,6 +15,7 @@ and at the a-priori one (32), and so is the score without its speed term (the sa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -31,11 +32,11 @@ from report import environment, write_results
 from model.anomaly_map import topk_mean
 from model.calibration import calibrate
 from model.checkpoint import load_checkpoint, save_checkpoint
-from model.config import DAADConfig, ExperimentConfig, load_config
+from model.config import DAADConfig, ExperimentConfig, InputSpec, load_config
 from model.daad.model import DAAD
 from model.daad.train import fit_normal_stats
-from model.data import load_clips, with_motion
-from model.evaluation import evaluate_path, live_scores
+from model.data import Clip, load_clips, with_motion
+from model.evaluation import evaluate_clips, live_scores
 from model.metrics import auroc, frame_aurocs
 from model.pipeline import build_model, calibrate_on, load_model, model_inputs, split_holdout, train
 
@@ -52,6 +53,12 @@ A_PRIORI_BLOCK = 32  # MODELS.md's suggestion: 8x8 blocks at stride 4 ... 1x1 at
 # Model fields that change the score only, not the trained network (flow_window: the speed term's
 # window, which shapes the network only when it is also the motion channel's, motion_features lk).
 SCORE_FIELDS = {"speed_weight", "speed_topk", "flow_window"}
+
+
+@functools.cache
+def ped2_clips(data: str, spec: InputSpec, split: str) -> list[Clip]:
+    """One split of Ped2 at one input size, read once per run (every variant shares the size)."""
+    return load_clips(data, spec, split=split)
 
 
 @torch.no_grad()
@@ -86,9 +93,9 @@ def reconstruction_terms(model: DAAD, cfg: ExperimentConfig, data: str) -> dict[
     Each term alone is calibrated on the held-out training clips (as training calibrates the score)
     and smoothed as the live monitor smooths the score, so its AUROC compares with the score's.
     """
-    clips = load_clips(data, cfg.input, split="test")
+    clips = ped2_clips(data, cfg.input, "test")
     test = [frame_terms(model, with_motion(c.frames, cfg.input)) for c in clips]
-    _, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
+    _, holdout = split_holdout(ped2_clips(data, cfg.input, "train"), cfg.train.holdout_fraction)
     held = [frame_terms(model, with_motion(c.frames, cfg.input)) for c in holdout]
     labels = [c.labels for c in clips]
     y, err = np.concatenate(labels), np.concatenate([t["error"] for t in test])
@@ -140,7 +147,7 @@ def rescore(source: Path, cfg: ExperimentConfig, data: str, out: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if set(unexpected) - {"speed_stats"} or set(missing) - {"speed_stats"}:
         raise ValueError(f"{source}: not the network of this config ({missing} {unexpected})")
-    fit, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
+    fit, holdout = split_holdout(ped2_clips(data, cfg.input, "train"), cfg.train.holdout_fraction)
     fit_normal_stats(model, model_inputs(fit, cfg))
     calibration, map_calibration = calibrate_on(model, holdout, cfg, cfg.train.false_alarm_rate)
     update = {"config": cfg, "calibration": calibration, "map_calibration": map_calibration}
@@ -165,10 +172,9 @@ def run_variant(
         model, meta = load_model(ckpt)
     train_seconds = time.perf_counter() - started
     assert isinstance(model, DAAD)
-    result = evaluate_path(
-        model, meta.config, data, meta.config.train.smoothing_frames, calibration=meta.calibration
-    )
-    spec = meta.config.input
+    test = ped2_clips(data, cfg.input, "test")  # meta.config == cfg here
+    result = evaluate_clips(model, cfg, test, cfg.train.smoothing_frames, calibration=meta.calibration)
+    spec = cfg.input
     pseudo = pseudo_auroc(str(ckpt), data, seed=0)
     return {
         "variant": name,
@@ -183,7 +189,7 @@ def run_variant(
         "train_seconds_this_run": round(train_seconds, 1),
         "pseudo_auroc": pseudo["pseudo_auroc_smoothed"],
         **result,
-        **reconstruction_terms(model, meta.config, data),
+        **reconstruction_terms(model, cfg, data),
     }
 
 

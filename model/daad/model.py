@@ -299,8 +299,7 @@ class DAAD(nn.Module):
             score = score + self.cfg.latent_weight * (self.latent_distance(rec) - stats[2]) / stats[3]
         if self.has_speed_term:
             cells = (self.speed_cells(frames) - self.speed_stats[0]) / self.speed_stats[1]
-            k = self.cfg.speed_topk
-            score = score + self.cfg.speed_weight * topk_mean(cells, k)
+            score = score + self.cfg.speed_weight * topk_mean(cells, self.cfg.speed_topk)
             # The map shows what the score weighs: cells faster than the normal frames' fastest add
             # their excess, so an alert raised for speed boxes what moves too fast.
             z = z + self.cfg.speed_weight * cells.clamp(min=0.0)
