@@ -43,21 +43,27 @@ def scale_sum(scales: int = 3, motion: bool = True) -> dict[str, Any]:
     }
 
 
+# Every row below the default was trained before motion near the frame's edges was dropped, so it
+# keeps that motion (`edge_motion: keep`, what its checkpoint loads with).
+KEPT = {"model.edge_motion": "keep"}
 # The rows below the v5 row were trained when motion was the normal-flow speed (`flow`) and the score
 # the plain sum of the scales, so they keep both: they compare encoders, scales and motion with one
 # another under that score.
-FLOW = {"model.motion_features": "flow", **scale_sum()}
+FLOW = {"model.motion_features": "flow", **scale_sum(), **KEPT}
 FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None, **FLOW}
 VARIANTS: dict[str, dict[str, Any]] = {
     # Defaults (v7): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
     # as the Lucas-Kanade optical-flow speed; the one-class score adds the 3 scales' terms (each the
     # top-k mean over the same image area) and a speed term, each standardized over the normal
     # training frames, with equal weights.
+    # Motion within the flow window's reach of the frame's edges is dropped (`edge_motion: drop`).
     "anomem-default": {},
-    # v6: the same network and score, each scale's term the top-8 cells of its own grid.
-    "v6-cells": {"model.topk_pooling": "cells"},
-    # v5: the same network, scored by the plain sum of the scales' top-8 cells.
-    "v5-scale-sum": scale_sum(),
+    # v7: the same with motion kept up to the edges.
+    "v7-edge-motion-kept": KEPT,
+    # v6: v7's network and score, each scale's term the top-8 cells of its own grid.
+    "v6-cells": {"model.topk_pooling": "cells", **KEPT},
+    # v5: v7's network, scored by the plain sum of the scales' top-8 cells.
+    "v5-scale-sum": {**scale_sum(), **KEPT},
     # v4: the v5 score with the normal-flow speed per cell.
     "normal-flow-motion": FLOW,
     # v3: the pretrained encoder frozen, only memories and heads trained.
@@ -176,10 +182,12 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     )
     rows_note = (
         "Rows: anomem-default is the default config (v7 score: standardized scale terms, each pooled "
-        "over the same image area, plus a speed term), trained by this run and copied to the artifact "
-        "path (`--artifact`). v6-cells and v5-scale-sum are the same network (the three trainings of a "
-        "run give identical weights) with the v6 score (top-8 cells of every grid) and the v5 score "
-        "(plain sum of the scales' top-8 cells); the rows from normal-flow-motion to "
+        "over the same image area, plus a speed term; motion within the flow window's reach of the "
+        "frame's edges dropped), trained by this run and copied to the artifact path (`--artifact`). "
+        "v7-edge-motion-kept is the same config with motion kept up to the edges (the default before "
+        "`edge_motion`). v6-cells and v5-scale-sum are v7-edge-motion-kept's network (trainings of the "
+        "same config give identical weights) with the v6 score (top-8 cells of every grid) and the v5 "
+        "score (plain sum of the scales' top-8 cells); the rows from normal-flow-motion to "
         "resnet18-scratch were trained with that score and keep it, so they compare encoders, scales "
         "and motion with one another. The last rows rescore the default's network: without the speed "
         "term, with the Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed "

@@ -49,9 +49,11 @@ NO_ADVERSARIAL = {
 }
 BLOCKS = (8, 16, 32, 64)  # the granularity sweep: one block footprint (input pixels) at every memory stage
 NO_SPEED = {"model.speed_weight": 0.0}
+EDGE_MOTION_KEPT = {"model.edge_motion": "keep"}
 A_PRIORI_BLOCK = 32  # MODELS.md's suggestion: 8x8 blocks at stride 4 ... 1x1 at stride 32
 # Model fields that change the score only, not the trained network (flow_window: the speed term's
-# window, which shapes the network only when it is also the motion channel's, motion_features lk).
+# window, which shapes the network too when it is also the motion channel's, motion_features lk, or
+# sets the motion channel's dropped edges, edge_motion drop).
 SCORE_FIELDS = {"speed_weight", "speed_topk", "flow_window"}
 
 
@@ -130,8 +132,8 @@ def same_network(trained: ExperimentConfig, cfg: ExperimentConfig) -> bool:
     a, b = trained.model, cfg.model
     if not isinstance(a, DAADConfig) or not isinstance(b, DAADConfig):
         return False
-    lk = "lk" in (a.motion_features, b.motion_features)
-    ignored = SCORE_FIELDS - ({"flow_window"} if lk else set())
+    shapes_input = any(m.motion_features == "lk" or m.edge_motion == "drop" for m in (a, b))
+    ignored = SCORE_FIELDS - ({"flow_window"} if shapes_input else set())
     strip = {k: None for k in ignored}
     return trained.model_copy(update={"model": a.model_copy(update=strip)}) == cfg.model_copy(
         update={"model": b.model_copy(update=strip)}
@@ -313,6 +315,8 @@ def main() -> int:
     # The score without the speed term (the score: reconstruction + latent), same networks.
     for b in dict.fromkeys([chosen, A_PRIORI_BLOCK]):
         run(f"block-{b}-no-speed-term", {"model.block_size": b, **NO_SPEED}, source=f"block-{b}")
+    # Motion kept up to the frame's edges (the setting before `edge_motion`), committed configuration.
+    run(f"block-{chosen}-edge-motion-kept", {"model.block_size": chosen, **EDGE_MOTION_KEPT})
     Path(args.artifact).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workdir / f"block-{chosen}.safetensors", args.artifact)
     env = environment()

@@ -104,6 +104,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         meta = _with_model_fields(meta, latent_stats="frame")  # raw latent cells, as it was trained
     if _model_without(fields, "daad", "speed_weight"):
         meta = _with_model_fields(meta, speed_weight=0.0)  # its score had no speed term
+    for name in ("anomem", "daad"):
+        if _model_without(fields, name, "edge_motion"):
+            meta = _with_model_fields(meta, edge_motion="keep")  # trained on motion up to the edges
     return tensors, meta
 
 

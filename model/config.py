@@ -41,6 +41,16 @@ OddWindow = Annotated[
 ]
 
 
+EdgeMotion = Annotated[
+    Literal["keep", "drop"],
+    Field(
+        description="motion within flow_window // 2 + 3 pixels of the frame's edges: drop (set to 0: "
+        "content entering the frame has no match in the previous frame, so flow there reads an "
+        "entering walker as fast) or keep (as computed; before this setting existed)"
+    ),
+]
+
+
 class InputSpec(_Strict):
     """What the exported graph takes: uint8 frames already resized to `height` x `width`.
 
@@ -89,6 +99,7 @@ class AnoMemConfig(_Strict):
         "speed), lk (Lucas-Kanade optical-flow speed over flow_window pixels)",
     )
     flow_window: OddWindow = 15
+    edge_motion: EdgeMotion = "drop"  # the motion statistics of the memories and the speed term
     motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(
@@ -198,6 +209,7 @@ class DAADConfig(_Strict):
         "frames like the other terms, as AnoMem's score has it; 0: off (the score before it existed)",
     )
     speed_topk: int = Field(16, ge=1, description="the speed term pools the k fastest map cells")
+    edge_motion: EdgeMotion = "drop"  # the motion channel and the speed term
     map_stride: int = Field(8, ge=1, description="anomaly map cell size in input pixels")
     topk: int = Field(16, ge=1, description="the reconstruction score is the mean of the k worst cells")
     map_sigma: float = Field(1.0, ge=0)

@@ -16,6 +16,26 @@ def sobel_kernels() -> torch.Tensor:
     return torch.stack([sobel, sobel.t()])[:, None]
 
 
+def edge_margin(window: int) -> int:
+    """Pixels from each frame edge within which a `window`-wide flow estimate reads the edge itself.
+
+    Content entering the frame shows first in its outermost pixels and has no match in the previous
+    frame there, which the flow equations read as fast motion (on Ped2's held-out normal clips the
+    highest map values and speeds of a DAAD model were walkers entering at the left and right
+    edges). A pixel's estimate reads pixels up to the window's radius away, plus one for the 3x3
+    blur and one for the 3x3 derivatives: within that reach of the outermost pixel, it is not a speed.
+    """
+    return window // 2 + 3
+
+
+def drop_edges(x: torch.Tensor, margin: int) -> torch.Tensor:
+    """Set the outer `margin` pixels of [B, C, H, W] maps to 0 (a slice and a pad: exports as such)."""
+    if margin <= 0:
+        return x
+    h, w = x.shape[-2], x.shape[-1]
+    return F.pad(x[..., margin : h - margin, margin : w - margin], (margin, margin, margin, margin))
+
+
 def _blur(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
 

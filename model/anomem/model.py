@@ -19,7 +19,7 @@ from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec, score_terms
 from model.memory import HopfieldMemory
-from model.motion import lucas_kanade_speed, normal_flow_field, sobel_kernels
+from model.motion import drop_edges, edge_margin, lucas_kanade_speed, normal_flow_field, sobel_kernels
 
 MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and a speed (or max difference)
 
@@ -108,7 +108,8 @@ class AnoMem(nn.Module):
 
         The motion field holds |frame - previous| averaged over colour and, for `flow` features, the
         spatial gradient magnitude (their ratio per cell is the normal-flow speed), for `lk` the
-        Lucas-Kanade optical-flow speed ([B, 2, H, W]; see `_pool_motion`).
+        Lucas-Kanade optical-flow speed ([B, 2, H, W]; see `_pool_motion`); 0 near the frame's edges
+        with `edge_motion: drop` (`model.motion.edge_margin`).
         """
         x = frames.float() / 255.0
         c = self.spec.frame_channels
@@ -118,10 +119,14 @@ class AnoMem(nn.Module):
         if self.cfg.motion_features == "lk":
             temporal = (current - previous).abs().mean(dim=1, keepdim=True)
             speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
-            return current, torch.cat([temporal, speed], dim=1)
-        if self.cfg.motion_features == "flow":
-            return current, normal_flow_field(current, previous, self.sobel)
-        return current, (current - previous).abs().mean(dim=1, keepdim=True)
+            motion = torch.cat([temporal, speed], dim=1)
+        elif self.cfg.motion_features == "flow":
+            motion = normal_flow_field(current, previous, self.sobel)
+        else:
+            motion = (current - previous).abs().mean(dim=1, keepdim=True)
+        if self.cfg.edge_motion == "drop":
+            motion = drop_edges(motion, edge_margin(self.cfg.flow_window))
+        return current, motion
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
         """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""

@@ -22,7 +22,7 @@ from torch import nn
 from model.anomaly_map import gaussian_kernel, smooth, topk_mean
 from model.config import DAADConfig, InputSpec
 from model.memory import BlockMemory
-from model.motion import lucas_kanade_speed, sobel_kernels
+from model.motion import drop_edges, edge_margin, lucas_kanade_speed, sobel_kernels
 
 
 class ConvStage(nn.Sequential):
@@ -153,14 +153,23 @@ class DAAD(nn.Module):
         # Narrow convolutions at high resolution train about 1.4x faster channels-last on CPU.
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
+    def edges(self, motion: torch.Tensor) -> torch.Tensor:
+        """Motion with the frame's edges dropped (`edge_motion: drop`) or as it is."""
+        if self.cfg.edge_motion == "keep":
+            return motion
+        return drop_edges(motion, edge_margin(self.cfg.flow_window))
+
     def motion(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
-        """Motion channel [B, 1, H, W] in [0, 1] of frames in [0, 1].
+        """Motion channel [B, 1, H, W] in [0, 1] of frames in [0, 1], edges handled by `edges`.
 
         `diff`: |frame - previous|. `flow`: the normal-flow speed, sum|dI/dt||grad I| / sum|grad I|^2
         over 3x3 windows (least squares along the gradient; pixels per frame, independent of the
         object's contrast), divided by `speed_scale` and clipped at 1. `lk`: the Lucas-Kanade
         optical-flow speed over `flow_window` pixels, scaled and clipped the same way.
         """
+        return self.edges(self._motion(current, previous))
+
+    def _motion(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         if self.cfg.motion_features == "diff":
             return (current - previous).abs().mean(dim=1, keepdim=True)
         if self.cfg.motion_features == "lk":
@@ -179,12 +188,12 @@ class DAAD(nn.Module):
         return (num / (den + 1e-4) / self.cfg.speed_scale).clamp(max=1.0)
 
     def speed_cells(self, frames: torch.Tensor) -> torch.Tensor:
-        """Mean Lucas-Kanade speed (input pixels per frame, not clipped) of every map cell of uint8
-        frames with their previous frame: [B, 1, h, w]."""
+        """Mean Lucas-Kanade speed (input pixels per frame, not clipped; edges handled by `edges`) of
+        every map cell of uint8 frames with their previous frame: [B, 1, h, w]."""
         x = frames.float() / 255.0
         c = self.spec.frame_channels
         speed = lucas_kanade_speed(x[:, :c], x[:, c:], self.sobel, self.cfg.flow_window)
-        return F.avg_pool2d(speed, self.cfg.map_stride, ceil_mode=True)
+        return F.avg_pool2d(self.edges(speed), self.cfg.map_stride, ceil_mode=True)
 
     def speed(self, frames: torch.Tensor) -> torch.Tensor:
         """The speed term's raw value [B]: the mean speed of the `speed_topk` fastest map cells.

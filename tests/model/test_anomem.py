@@ -3,6 +3,7 @@ import torch
 
 from model.anomem.train import deviation_maps, fit_deviation_stats, fit_term_stats
 from model.config import ConfigError, parse_config
+from model.motion import edge_margin
 from model.pipeline import build_model
 from tests.conftest import TINY, tiny_config
 
@@ -62,6 +63,23 @@ def test_oneclass_score_adds_standardized_terms_and_a_fast_object_raises_the_mot
     with torch.no_grad():
         terms = model.score_terms([torch.zeros(2, 1, 4, 6)] * 3, model.split_input(pair)[1])
     assert terms[0, 3] < 0.05 and terms[1, 3] > 0.5
+
+
+def test_motion_near_the_frame_edges_is_dropped() -> None:
+    """With edge_motion drop the motion field is 0 within edge_margin(flow_window) px of the edges
+    and what `keep` computes inside."""
+    keep = build_model(tiny_config(edge_motion="keep")).eval()
+    drop = build_model(tiny_config()).eval()
+    texture = torch.randint(0, 256, (2, 1, 32, 48), dtype=torch.uint8)
+    frames = torch.cat([texture, torch.roll(texture, 2, dims=3)], dim=1)  # wraps round at the edges
+    m = edge_margin(drop.cfg.flow_window)
+    with torch.no_grad():
+        kept, dropped = keep.split_input(frames)[1], drop.split_input(frames)[1]
+    assert kept is not None and dropped is not None
+    inner = torch.zeros_like(kept, dtype=torch.bool)
+    inner[..., m : 32 - m, m : 48 - m] = True
+    torch.testing.assert_close(dropped[inner], kept[inner])
+    assert (dropped[~inner] == 0).all() and kept[~inner].abs().max() > 0.1
 
 
 def test_area_pooling_takes_the_same_image_area_on_every_scale() -> None:

@@ -136,6 +136,27 @@ def test_daad_checkpoint_from_before_latent_stats_keeps_raw_latent_cells(tmp_pat
         build_model(tiny_daad_config()).load_state_dict(load_checkpoint(path)[0], strict=True)
 
 
+@pytest.mark.parametrize("name", ["anomem", "daad"])
+def test_checkpoint_from_before_edge_motion_keeps_motion_up_to_the_edges(tmp_path: Path, name: str) -> None:
+    """A checkpoint without `edge_motion` was trained on motion up to the frame's edges."""
+    configure = tiny_config if name == "anomem" else tiny_daad_config
+    cfg = configure(edge_motion="keep")
+    model = build_model(cfg).eval()
+    path = tmp_path / f"{name}_edges.safetensors"
+    _write_older(path, model, name, cfg, ("edge_motion",))
+
+    restored, meta = load_model(path)
+    assert meta.config.model.edge_motion == "keep"
+    assert configure().model.edge_motion == "drop"
+    texture = torch.randint(0, 256, (3, 1, 32, 48), dtype=torch.uint8)
+    frames = torch.cat([texture, torch.roll(texture, 3, dims=3)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(frames)[0], model(frames)[0])
+        new = build_model(configure()).eval()
+        new.load_state_dict(model.state_dict())
+        assert not torch.allclose(new(frames)[0], model(frames)[0])  # what the upgrade keeps apart
+
+
 def test_daad_checkpoint_from_before_the_speed_term_scores_as_it_did(tmp_path: Path) -> None:
     """A DAAD checkpoint without `speed_weight` (nor `speed_stats`) loads with no speed term."""
     cfg = tiny_daad_config(speed_weight=0.0)

@@ -12,7 +12,7 @@ from model.anomaly_map import smooth
 from model.daad import train as daad_train
 from model.daad.model import DAAD, Reconstruction
 from model.evaluation import evaluate_path
-from model.motion import lucas_kanade_speed
+from model.motion import drop_edges, edge_margin, lucas_kanade_speed
 from tests.conftest import assert_onnx_matches_torch, tiny_daad_config
 
 
@@ -125,8 +125,10 @@ def test_speed_term_is_the_standardized_speed_of_the_fastest_cells() -> None:
     frames = torch.cat([texture, torch.roll(texture, 1, dims=3)], dim=1)  # everything moved 1 px
     with torch.no_grad():
         x = frames.float() / 255
-        speed = lucas_kanade_speed(x[:, :1], x[:, 1:], with_speed.sobel, with_speed.cfg.flow_window)
-        cells = F.avg_pool2d(speed, 4).flatten(1)  # map_stride 4: 8 x 12 cells
+        window = with_speed.cfg.flow_window
+        speed = lucas_kanade_speed(x[:, :1], x[:, 1:], with_speed.sobel, window)
+        # edge_motion drop: 0 within 10 px of the edges; map_stride 4: 8 x 12 cells.
+        cells = F.avg_pool2d(drop_edges(speed, edge_margin(window)), 4).flatten(1)
         expected = cells.topk(3, dim=1).values.mean(dim=1)
         torch.testing.assert_close(with_speed.speed(frames), expected)
         (score, heatmap), (plain_score, plain_map) = with_speed(frames), without(frames)
@@ -139,6 +141,39 @@ def test_speed_term_is_the_standardized_speed_of_the_fastest_cells() -> None:
         still = torch.cat([texture, texture], dim=1)
         assert with_speed.speed(still).abs().max() < 1e-3
         assert 0.5 < float(expected.min()) < 2.0
+
+
+def _entering_and_inside(step: int) -> torch.Tensor:
+    """uint8 [2, 2, 32, 48] frame pairs on a flat street: a dark walker entering at the right edge
+    (its first pixel column, absent from the previous frame), and a walker inside the frame, moved
+    `step` px."""
+    frames = torch.full((2, 2, 32, 48), 160, dtype=torch.uint8)
+    frames[0, 0, 12:22, 47] = 40  # entering: only the current frame shows it
+    frames[1, 0, 12:22, 20 + step : 26 + step] = 40
+    frames[1, 1, 12:22, 20:26] = 40
+    return frames
+
+
+@pytest.mark.parametrize("features", ["flow", "lk"])
+def test_motion_at_the_frame_edge_is_dropped(features: str) -> None:
+    """With edge_motion drop, a walker entering the frame moves neither the motion channel nor the
+    speed term (no match in the previous frame: flow there is not a speed); inside the frame the
+    motion is what `keep` computes."""
+    keep = pipeline.build_model(tiny_daad_config(motion_features=features, edge_motion="keep")).eval()
+    drop = pipeline.build_model(tiny_daad_config(motion_features=features, edge_motion="drop")).eval()
+    assert isinstance(keep, DAAD) and isinstance(drop, DAAD)
+    frames = _entering_and_inside(step=2)
+    margin = edge_margin(drop.cfg.flow_window)  # 10 px of a 32 x 48 frame
+    with torch.no_grad():
+        kept, dropped = keep.target(frames)[:, 1:], drop.target(frames)[:, 1:]  # the motion channel
+        kept_speed, dropped_speed = keep.speed(frames), drop.speed(frames)
+    assert kept[0, :, :, 48 - margin :].max() > 0.1  # the entering walker reads as motion ...
+    assert dropped[0, :, :, 48 - margin :].abs().max() == 0  # ... unless dropped
+    assert dropped[0].abs().max() < 1e-3 and dropped_speed[0] < 1e-3  # nothing else moves in frame 0
+    assert kept_speed[0] > 0.5
+    inner = (slice(None), slice(margin, 32 - margin), slice(margin, 48 - margin))
+    torch.testing.assert_close(dropped[1][inner], kept[1][inner])
+    assert dropped[1][inner].max() > 0.1 and dropped_speed[1] > 0.1
 
 
 def test_speed_statistics_are_fitted_on_normal_frames() -> None:

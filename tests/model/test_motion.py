@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from model.config import ConfigError, parse_config
-from model.motion import _window_mean, lucas_kanade_speed, sobel_kernels
+from model.motion import _window_mean, drop_edges, edge_margin, lucas_kanade_speed, sobel_kernels
 from model.pipeline import build_model
 from tests.conftest import TINY, assert_onnx_matches_torch, tiny_config, tiny_daad_config
 
@@ -40,6 +40,19 @@ def test_window_mean_is_the_border_clipped_average(size: int) -> None:
     x = torch.rand(2, 5, 20, 31)
     expected = F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
     torch.testing.assert_close(_window_mean(x, size, 5), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_drop_edges_zeroes_the_margin_and_keeps_the_interior() -> None:
+    x = torch.rand(2, 3, 20, 30) + 1.0  # no zeros of its own
+    y = drop_edges(x, 4)
+    inner = torch.zeros_like(x, dtype=torch.bool)
+    inner[..., 4:16, 4:26] = True
+    assert y.shape == x.shape
+    torch.testing.assert_close(y[inner], x[inner])
+    assert (y[~inner] == 0).all()
+    assert drop_edges(x, 0) is x
+    # Every pixel whose window (plus the 3x3 blur and derivatives) reads the outermost pixel.
+    assert (edge_margin(15), edge_margin(13), edge_margin(1)) == (10, 9, 3)
 
 
 def test_lucas_kanade_speed_is_zero_for_a_still_frame_and_a_flat_one() -> None:

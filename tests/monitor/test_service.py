@@ -78,12 +78,6 @@ def ped2_artifact(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return out
 
 
-# DAAD's alerts on clip 01 carry almost no regions: its map's threshold (the map maximum exceeded by
-# 1% of held-out normal frames) sits above the cyclist's cells, and the peak frame's one region is a
-# walker entering at the left border (benchmarks/README.md, DAAD). Its boxes are not asserted.
-LOCALIZES = {"anomem_ped2": True, "daad_ped2": False}
-
-
 def test_a_ped2_clip_is_scored_once_per_frame_in_order_and_alerts_on_the_anomaly(
     ped2_artifact: Path,
     kafka_bootstrap: str,
@@ -126,14 +120,10 @@ def test_a_ped2_clip_is_scored_once_per_frame_in_order_and_alerts_on_the_anomaly
         )
         peak = end.peak
         assert labels[peak.frame_index] == 1
-        if not LOCALIZES[ped2_artifact.name]:
-            continue
         mask = cv2.imread(str(PED2 / "masks" / clip / f"{peak.frame_index:03d}.png"), cv2.IMREAD_GRAYSCALE)
         assert peak.regions and any(_box_hits_mask(r.bbox, mask) for r in peak.regions)
 
     # Boxes are in source pixels and mostly on the labelled anomaly.
-    if not LOCALIZES[ped2_artifact.name]:
-        return
     boxed = [s for s in scores if s.anomalous and s.regions and labels[s.frame_index]]
     hits = 0
     for s in boxed:
