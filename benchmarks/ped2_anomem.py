@@ -52,11 +52,11 @@ KEPT = {"model.edge_motion": "keep"}
 FLOW = {"model.motion_features": "flow", **scale_sum(), **KEPT}
 FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None, **FLOW}
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Defaults (v7): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
-    # as the Lucas-Kanade optical-flow speed; the one-class score adds the 3 scales' terms (each the
-    # top-k mean over the same image area) and a speed term, each standardized over the normal
-    # training frames, with equal weights.
-    # Motion within the flow window's reach of the frame's edges is dropped (`edge_motion: drop`).
+    # Defaults (v8): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
+    # as the Lucas-Kanade optical-flow speed, dropped within the flow window's reach of the frame's
+    # edges; the one-class score (v7's) adds the 3 scales' terms (each the top-k mean over the same
+    # image area) and a speed term, each standardized over the normal training frames, with equal
+    # weights.
     "anomem-default": {},
     # v7: the same with motion kept up to the edges.
     "v7-edge-motion-kept": KEPT,
@@ -181,9 +181,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "time of `anomon train` (stage 1 + stage 2 + calibration) on this CPU."
     )
     rows_note = (
-        "Rows: anomem-default is the default config (v7 score: standardized scale terms, each pooled "
-        "over the same image area, plus a speed term; motion within the flow window's reach of the "
-        "frame's edges dropped), trained by this run and copied to the artifact path (`--artifact`). "
+        "Rows: anomem-default is the default config (v8: motion within the flow window's reach of the "
+        "frame's edges dropped; v7's score: standardized scale terms, each pooled over the same image "
+        "area, plus a speed term), trained by this run and copied to the artifact path (`--artifact`). "
         "v7-edge-motion-kept is the same config with motion kept up to the edges (the default before "
         "`edge_motion`). v6-cells and v5-scale-sum are v7-edge-motion-kept's network (trainings of the "
         "same config give identical weights) with the v6 score (top-8 cells of every grid) and the v5 "
