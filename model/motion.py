@@ -36,6 +36,12 @@ def drop_edges(x: torch.Tensor, margin: int) -> torch.Tensor:
     return F.pad(x[..., margin : h - margin, margin : w - margin], (margin, margin, margin, margin))
 
 
+def edge_motion(x: torch.Tensor, mode: str, window: int) -> torch.Tensor:
+    """Motion maps as a model's `edge_motion` setting has them: `drop` zeroes the `edge_margin` of a
+    `window`-wide flow, `keep` leaves them as computed."""
+    return x if mode == "keep" else drop_edges(x, edge_margin(window))
+
+
 def _blur(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
 

@@ -19,7 +19,7 @@ from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec, score_terms
 from model.memory import HopfieldMemory
-from model.motion import drop_edges, edge_margin, lucas_kanade_speed, normal_flow_field, sobel_kernels
+from model.motion import edge_motion, lucas_kanade_speed, normal_flow_field, sobel_kernels
 
 MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and a speed (or max difference)
 
@@ -124,9 +124,7 @@ class AnoMem(nn.Module):
             motion = normal_flow_field(current, previous, self.sobel)
         else:
             motion = (current - previous).abs().mean(dim=1, keepdim=True)
-        if self.cfg.edge_motion == "drop":
-            motion = drop_edges(motion, edge_margin(self.cfg.flow_window))
-        return current, motion
+        return current, edge_motion(motion, self.cfg.edge_motion, self.cfg.flow_window)
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
         """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""

@@ -22,7 +22,7 @@ from torch import nn
 from model.anomaly_map import gaussian_kernel, smooth, topk_mean
 from model.config import DAADConfig, InputSpec
 from model.memory import BlockMemory
-from model.motion import drop_edges, edge_margin, lucas_kanade_speed, sobel_kernels
+from model.motion import edge_motion, lucas_kanade_speed, sobel_kernels
 
 
 class ConvStage(nn.Sequential):
@@ -155,9 +155,7 @@ class DAAD(nn.Module):
 
     def edges(self, motion: torch.Tensor) -> torch.Tensor:
         """Motion with the frame's edges dropped (`edge_motion: drop`) or as it is."""
-        if self.cfg.edge_motion == "keep":
-            return motion
-        return drop_edges(motion, edge_margin(self.cfg.flow_window))
+        return edge_motion(motion, self.cfg.edge_motion, self.cfg.flow_window)
 
     def motion(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         """Motion channel [B, 1, H, W] in [0, 1] of frames in [0, 1], edges handled by `edges`.
