@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
+from pseudo_validation import add_events, load_objects
 from report import write_report
 from tqdm import tqdm
 
@@ -40,7 +39,6 @@ from model.data import load_clips, with_motion
 from model.evaluation import live_scores
 from model.metrics import auroc, frame_aurocs
 from model.pipeline import load_model, split_holdout
-from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,19 +52,6 @@ def standardized_terms(model: AnoMem, inputs: np.ndarray, batch: int = 32) -> np
         terms = model.score_terms(model.deviations(current, motion), motion)
         out.append(((terms - model.term_stats[0]) / model.term_stats[1]).numpy())
     return np.concatenate(out)
-
-
-def load_objects(path: str, count: int) -> np.ndarray:
-    """`count` grayscale images spread evenly over a CIFAR-10 JPEG zip's test split (all classes)."""
-    with zipfile.ZipFile(path) as archive:
-        names = sorted(n for n in archive.namelist() if n.startswith("test/") and n.endswith(".jpg"))
-        if not names:
-            raise SystemExit(f"anomem_terms: {path} holds no test/<class>/*.jpg images")
-        picked = names[:: max(1, len(names) // count)][:count]
-        images = [
-            cv2.imdecode(np.frombuffer(archive.read(n), np.uint8), cv2.IMREAD_GRAYSCALE) for n in picked
-        ]
-    return np.stack(images)
 
 
 def live(terms: list[np.ndarray], weights: np.ndarray, calibration: Any, smoothing: int) -> list[np.ndarray]:
@@ -91,10 +76,7 @@ def analyse(checkpoint: str, data: str, objects: np.ndarray, seeds: int) -> dict
         for seed in tqdm(range(seeds), desc=name):
             rng = np.random.default_rng(seed)
             for clip in holdout:
-                if name == "fast patches":
-                    frames, lab = add_moving_patches(clip.frames, rng)
-                else:
-                    frames, lab = add_foreign_objects(clip.frames, rng, objects)
+                frames, lab = add_events(name.replace(" ", "-"), clip.frames, rng, objects)
                 terms.append(standardized_terms(model, with_motion(frames, cfg.input)))
                 labs.append(lab)
         validations[name] = (terms, labs)

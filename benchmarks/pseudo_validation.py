@@ -1,9 +1,14 @@
 """Compare checkpoints on synthetic anomalies added to held-out normal clips: no test labels involved.
 
-Each checkpoint scores its own held-out training clips (the ones its calibration used) with fast
-moving scene patches inserted (model/pseudo_anomaly.py, fixed seed); the AUROC of the scores as the
-live monitor smooths them (calibrated, then a causal mean) is reported. This is the label-free rule
-used to choose between model settings.
+Each checkpoint scores its own held-out training clips (the ones its calibration used) with synthetic
+events inserted (model/pseudo_anomaly.py, fixed seeds); the AUROC of the scores as the live monitor
+smooths them (calibrated, then a causal mean) is reported. Two kinds of event:
+
+- fast-patches: scene patches moving much faster than anything in normal footage (`add_moving_patches`)
+- foreign-objects: CIFAR-10 test photographs (all ten classes, grey) at a person's height crossing the
+  scene from standing still up to a few times walking pace (`add_foreign_objects`)
+
+This is the label-free rule used to choose between model settings.
 
     python benchmarks/pseudo_validation.py runs/ped2/*.safetensors --data ../shared/data/ucsd_ped2
 """
@@ -13,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 
+import cv2
 import numpy as np
 import torch
 
@@ -21,45 +28,93 @@ from model.data import load_clips, with_motion
 from model.evaluation import live_scores
 from model.metrics import auroc
 from model.pipeline import load_model, score_inputs, split_holdout
-from model.pseudo_anomaly import add_moving_patches
+from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
+
+KINDS = ("fast-patches", "foreign-objects")
+OBJECTS = "../shared/data/cifar10/cifar10_jpg.zip"
 
 
-def pseudo_auroc(checkpoint: str, data: str, seed: int) -> dict[str, float | str]:
+def load_objects(path: str, count: int = 1000) -> np.ndarray:
+    """`count` grayscale images spread evenly over a CIFAR-10 JPEG zip's test split (all classes)."""
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith("test/") and n.endswith(".jpg"))
+        if not names:
+            raise SystemExit(f"{path} holds no test/<class>/*.jpg images")
+        picked = names[:: max(1, len(names) // count)][:count]
+        images = [
+            cv2.imdecode(np.frombuffer(archive.read(n), np.uint8), cv2.IMREAD_GRAYSCALE) for n in picked
+        ]
+    return np.stack(images)
+
+
+def add_events(
+    kind: str, frames: np.ndarray, rng: np.random.Generator, objects: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One clip with synthetic events of `kind` (KINDS) and its 0/1 frame labels."""
+    if kind == "fast-patches":
+        return add_moving_patches(frames, rng)
+    if kind == "foreign-objects" and objects is not None:
+        return add_foreign_objects(frames, rng, objects)
+    raise ValueError(f"unknown event kind {kind!r} (or no objects given for it); use one of {KINDS}")
+
+
+def pseudo_auroc(
+    checkpoint: str,
+    data: str,
+    seeds: tuple[int, ...] = (0,),
+    kinds: tuple[str, ...] = ("fast-patches",),
+    objects: np.ndarray | None = None,
+) -> dict[str, float | str | dict[str, float]]:
+    """AUROCs of one checkpoint on its held-out clips with synthetic events, one per (kind, seed).
+
+    `pseudo_auroc_smoothed` is their mean (each set scored as the monitor smooths), `sets` each one.
+    """
     model, meta = load_model(checkpoint)
     cfg = meta.config
     _, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
-    rng = np.random.default_rng(seed)
-    labels, raw, smoothed = [], [], []
-    for clip in holdout:
-        frames, lab = add_moving_patches(clip.frames, rng)
-        scores, _ = score_inputs(model, with_motion(frames, cfg.input), desc=clip.name)
-        labels.append(lab)
-        raw.append(scores)
-        smoothed.append(live_scores(scores, meta.calibration, cfg.train.smoothing_frames))
-    y = np.concatenate(labels)
+    sets: dict[str, float] = {}
+    unsmoothed: list[float] = []
+    for kind in kinds:
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            labels, raw, smoothed = [], [], []
+            for clip in holdout:
+                frames, lab = add_events(kind, clip.frames, rng, objects)
+                scores, _ = score_inputs(
+                    model, with_motion(frames, cfg.input), desc=f"{kind} {seed} {clip.name}"
+                )
+                labels.append(lab)
+                raw.append(scores)
+                smoothed.append(live_scores(scores, meta.calibration, cfg.train.smoothing_frames))
+            y = np.concatenate(labels)
+            sets[f"{kind} seed {seed}"] = auroc(y, np.concatenate(smoothed))
+            unsmoothed.append(auroc(y, np.concatenate(raw)))
     return {
         "checkpoint": checkpoint,
-        "pseudo_auroc_smoothed": auroc(y, np.concatenate(smoothed)),
-        "pseudo_auroc_unsmoothed": auroc(y, np.concatenate(raw)),
-        "frames": len(y),
-        "anomalous_frames": int(y.sum()),
+        "pseudo_auroc_smoothed": float(np.mean(list(sets.values()))),
+        "pseudo_auroc_unsmoothed": float(np.mean(unsmoothed)),
+        "sets": sets,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoints", nargs="+", help="checkpoints to compare")
     parser.add_argument(
         "--data", default="../shared/data/ucsd_ped2", help="the footage the checkpoints trained on"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic events")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="seeds of the synthetic events")
+    parser.add_argument("--kind", nargs="+", choices=KINDS, default=["fast-patches"], help="event kinds")
+    parser.add_argument("--objects", default=OBJECTS, help="CIFAR-10 JPEG zip (foreign-objects only)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    objects = load_objects(args.objects) if "foreign-objects" in args.kind else None
     for checkpoint in args.checkpoints:
-        print(json.dumps(pseudo_auroc(checkpoint, args.data, args.seed)), flush=True)
+        result = pseudo_auroc(checkpoint, args.data, tuple(args.seed), tuple(args.kind), objects)
+        print(json.dumps(result), flush=True)
     return 0
 
 

@@ -30,11 +30,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_results(out: str | Path, env: dict[str, Any], rows: list[dict[str, Any]], markdown: str) -> None:
-    """OUT.json ({environment, results}) and OUT.md; the table is printed too."""
+def write_results(
+    out: str | Path, env: dict[str, Any], rows: list[dict[str, Any]], markdown: str, **extra: Any
+) -> None:
+    """OUT.json ({environment, results, **extra}) and OUT.md; the table is printed too."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+    report = {"environment": env, "results": rows, **extra}
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     path.with_suffix(".md").write_text(markdown)
     print(markdown)
 

@@ -157,22 +157,28 @@ class DAAD(nn.Module):
         """Motion with the frame's edges dropped (`edge_motion: drop`) or as it is."""
         return edge_motion(motion, self.cfg.edge_motion, self.cfg.flow_window)
 
-    def motion(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    def motion(
+        self, current: torch.Tensor, previous: torch.Tensor, speed_map: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Motion channel [B, 1, H, W] in [0, 1] of frames in [0, 1], edges handled by `edges`.
 
         `diff`: |frame - previous|. `flow`: the normal-flow speed, sum|dI/dt||grad I| / sum|grad I|^2
         over 3x3 windows (least squares along the gradient; pixels per frame, independent of the
         object's contrast), divided by `speed_scale` and clipped at 1. `lk`: the Lucas-Kanade
-        optical-flow speed over `flow_window` pixels, scaled and clipped the same way.
+        optical-flow speed over `flow_window` pixels (`speed_map` when the caller has it already),
+        scaled and clipped the same way.
         """
-        return self.edges(self._motion(current, previous))
+        return self.edges(self._motion(current, previous, speed_map))
 
-    def _motion(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    def _motion(
+        self, current: torch.Tensor, previous: torch.Tensor, speed_map: torch.Tensor | None
+    ) -> torch.Tensor:
         if self.cfg.motion_features == "diff":
             return (current - previous).abs().mean(dim=1, keepdim=True)
         if self.cfg.motion_features == "lk":
-            speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
-            return (speed / self.cfg.speed_scale).clamp(max=1.0)
+            if speed_map is None:
+                speed_map = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
+            return (speed_map / self.cfg.speed_scale).clamp(max=1.0)
         # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
         current = F.avg_pool2d(current, 3, stride=1, padding=1, count_include_pad=False)
         previous = F.avg_pool2d(previous, 3, stride=1, padding=1, count_include_pad=False)
@@ -185,30 +191,37 @@ class DAAD(nn.Module):
         den = F.avg_pool2d(gradient, 3, stride=1, padding=1, count_include_pad=False)
         return (num / (den + 1e-4) / self.cfg.speed_scale).clamp(max=1.0)
 
-    def speed_cells(self, frames: torch.Tensor) -> torch.Tensor:
-        """Mean Lucas-Kanade speed (input pixels per frame, not clipped; edges handled by `edges`) of
-        every map cell of uint8 frames with their previous frame: [B, 1, h, w]."""
+    def speed_map(self, frames: torch.Tensor) -> torch.Tensor:
+        """Lucas-Kanade speed [B, 1, H, W] (input pixels per frame, not clipped; edges handled by
+        `edges`) of uint8 frames with their previous frame."""
         x = frames.float() / 255.0
         c = self.spec.frame_channels
-        speed = lucas_kanade_speed(x[:, :c], x[:, c:], self.sobel, self.cfg.flow_window)
-        return F.avg_pool2d(self.edges(speed), self.cfg.map_stride, ceil_mode=True)
+        return self.edges(lucas_kanade_speed(x[:, :c], x[:, c:], self.sobel, self.cfg.flow_window))
 
-    def speed(self, frames: torch.Tensor) -> torch.Tensor:
-        """The speed term's raw value [B]: the mean speed of the `speed_topk` fastest map cells.
+    def speed_cells(self, speed_map: torch.Tensor) -> torch.Tensor:
+        """Mean speed of every map cell of a `speed_map`: [B, 1, h, w]."""
+        return F.avg_pool2d(speed_map, self.cfg.map_stride, ceil_mode=True)
+
+    def speed(self, speed_map: torch.Tensor) -> torch.Tensor:
+        """The speed term's raw value [B] of a `speed_map`: the mean speed of the `speed_topk` fastest
+        map cells.
 
         The motion channel is rebuilt through the memories, and the decoder reproduces much of fast
         motion (see benchmarks/README.md), so its error understates speed; this term says directly
         that something moves faster than anything in normal footage, as AnoMem's speed term does.
         """
-        return topk_mean(self.speed_cells(frames), self.cfg.speed_topk)
+        return topk_mean(self.speed_cells(speed_map), self.cfg.speed_topk)
 
-    def target(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, C, H, W] -> what the autoencoder rebuilds, [B, C', Hp, Wp] in [0, 1], padded."""
+    def target(self, frames: torch.Tensor, speed_map: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> what the autoencoder rebuilds, [B, C', Hp, Wp] in [0, 1], padded.
+
+        `speed_map`: the frames' `speed_map`, when the caller has it (the `lk` motion channel is
+        made from it instead of computing the flow again)."""
         x = frames.float() / 255.0
         c = self.spec.frame_channels
         current = x[:, :c]
         if self.spec.motion:
-            current = torch.cat([current, self.motion(current, x[:, c:])], dim=1)
+            current = torch.cat([current, self.motion(current, x[:, c:], speed_map)], dim=1)
         pad_h, pad_w = self.padded[0] - self.spec.height, self.padded[1] - self.spec.width
         if pad_h or pad_w:
             current = F.pad(current, (0, pad_w, 0, pad_h), mode="replicate")
@@ -296,18 +309,34 @@ class DAAD(nn.Module):
         """Standardize error cells with the normal per-position mean and std."""
         return (cells - self.err_mean) / self.err_std
 
-    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score uint8 frames [B, C, H, W]: (raw score [B], anomaly map [B, 1, H/s, W/s])."""
-        rec = self.reconstruct(self.target(frames))
+    def terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, Reconstruction]:
+        """Score uint8 frames [B, C, H, W] term by term.
+
+        Returns the score's terms [B], each standardized by its normal mean and std as the score
+        weighs it (`reconstruction`; `latent` when `latent_weight` > 0; `speed` with a speed term),
+        the anomaly cells [B, 1, h, w] before smoothing, and the reconstruction.
+        """
+        speed_map = self.speed_map(frames) if self.has_speed_term else None
+        rec = self.reconstruct(self.target(frames, speed_map))
         z = self.standardized(self.error_cells(rec))
         stats = self.score_stats
-        score = (topk_mean(z, self.cfg.topk) - stats[0]) / stats[1]
+        terms = {"reconstruction": (topk_mean(z, self.cfg.topk) - stats[0]) / stats[1]}
         if self.cfg.latent_weight > 0:
-            score = score + self.cfg.latent_weight * (self.latent_distance(rec) - stats[2]) / stats[3]
-        if self.has_speed_term:
-            cells = (self.speed_cells(frames) - self.speed_stats[0]) / self.speed_stats[1]
-            score = score + self.cfg.speed_weight * topk_mean(cells, self.cfg.speed_topk)
+            terms["latent"] = (self.latent_distance(rec) - stats[2]) / stats[3]
+        if speed_map is not None:
+            cells = (self.speed_cells(speed_map) - self.speed_stats[0]) / self.speed_stats[1]
+            terms["speed"] = topk_mean(cells, self.cfg.speed_topk)
             # The map shows what the score weighs: cells faster than the normal frames' fastest add
             # their excess, so an alert raised for speed boxes what moves too fast.
             z = z + self.cfg.speed_weight * cells.clamp(min=0.0)
-        return score, smooth(z, self.map_kernel)
+        return terms, z, rec
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score uint8 frames [B, C, H, W]: (raw score [B], anomaly map [B, 1, H/s, W/s])."""
+        terms, cells, _ = self.terms(frames)
+        score = terms["reconstruction"]
+        if "latent" in terms:
+            score = score + self.cfg.latent_weight * terms["latent"]
+        if "speed" in terms:
+            score = score + self.cfg.speed_weight * terms["speed"]
+        return score, smooth(cells, self.map_kernel)

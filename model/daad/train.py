@@ -159,9 +159,10 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
     cells, latents, speeds = [], [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc="normal statistics", unit="batch", leave=False):
         frames = torch.from_numpy(inputs[start : start + batch_size]).to(device)
-        rec = model.reconstruct(model.target(frames))
-        if model.has_speed_term:
-            speeds.append(model.speed(frames).cpu())
+        speed_map = model.speed_map(frames) if model.has_speed_term else None
+        rec = model.reconstruct(model.target(frames, speed_map))
+        if speed_map is not None:
+            speeds.append(model.speed(speed_map).cpu())
         cells.append(model.error_cells(rec).cpu())
         latents.append((model.latent_cells(rec) if per_cell else model.latent_distance(rec)).cpu())
     all_cells, latent = torch.cat(cells), torch.cat(latents)

@@ -130,7 +130,7 @@ def test_speed_term_is_the_standardized_speed_of_the_fastest_cells() -> None:
         # edge_motion drop: 0 within 10 px of the edges; map_stride 4: 8 x 12 cells.
         cells = F.avg_pool2d(drop_edges(speed, edge_margin(window)), 4).flatten(1)
         expected = cells.topk(3, dim=1).values.mean(dim=1)
-        torch.testing.assert_close(with_speed.speed(frames), expected)
+        torch.testing.assert_close(with_speed.speed(with_speed.speed_map(frames)), expected)
         (score, heatmap), (plain_score, plain_map) = with_speed(frames), without(frames)
         torch.testing.assert_close(score, plain_score + 0.5 * (expected - 0.2) / 0.5)
         # The map adds the standardized speed of the cells faster than the normal fastest ones.
@@ -139,7 +139,7 @@ def test_speed_term_is_the_standardized_speed_of_the_fastest_cells() -> None:
         assert excess.max() > 0
         # A still scene reads no speed; a whole-frame shift of 1 px reads about 1 px per frame.
         still = torch.cat([texture, texture], dim=1)
-        assert with_speed.speed(still).abs().max() < 1e-3
+        assert with_speed.speed(with_speed.speed_map(still)).abs().max() < 1e-3
         assert 0.5 < float(expected.min()) < 2.0
 
 
@@ -166,7 +166,7 @@ def test_motion_at_the_frame_edge_is_dropped(features: str) -> None:
     margin = edge_margin(drop.cfg.flow_window)  # 10 px of a 32 x 48 frame
     with torch.no_grad():
         kept, dropped = keep.target(frames)[:, 1:], drop.target(frames)[:, 1:]  # the motion channel
-        kept_speed, dropped_speed = keep.speed(frames), drop.speed(frames)
+        kept_speed, dropped_speed = keep.speed(keep.speed_map(frames)), drop.speed(drop.speed_map(frames))
     assert kept[0, :, :, 48 - margin :].max() > 0.1  # the entering walker reads as motion ...
     assert dropped[0, :, :, 48 - margin :].abs().max() == 0  # ... unless dropped
     assert dropped[0].abs().max() < 1e-3 and dropped_speed[0] < 1e-3  # nothing else moves in frame 0
@@ -176,6 +176,25 @@ def test_motion_at_the_frame_edge_is_dropped(features: str) -> None:
     assert dropped[1][inner].max() > 0.1 and dropped_speed[1] > 0.1
 
 
+def test_lk_motion_channel_and_speed_term_share_one_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `motion_features: lk` and a speed term, scoring computes the Lucas-Kanade flow once: the
+    motion channel made from the speed map equals the one computed from the frames."""
+    model = pipeline.build_model(tiny_daad_config(motion_features="lk", speed_weight=0.5)).eval()
+    assert isinstance(model, DAAD) and model.has_speed_term
+    frames = _entering_and_inside(step=2)
+    calls = []
+
+    def counted(*args: torch.Tensor | int) -> torch.Tensor:
+        calls.append(1)
+        return lucas_kanade_speed(*args)  # type: ignore[arg-type]
+
+    with torch.no_grad():
+        torch.testing.assert_close(model.target(frames, model.speed_map(frames)), model.target(frames))
+        monkeypatch.setattr("model.daad.model.lucas_kanade_speed", counted)
+        model(frames)
+    assert len(calls) == 1
+
+
 def test_speed_statistics_are_fitted_on_normal_frames() -> None:
     torch.manual_seed(0)
     frames = torch.randint(0, 256, (20, 2, 32, 48), dtype=torch.uint8)
@@ -183,7 +202,7 @@ def test_speed_statistics_are_fitted_on_normal_frames() -> None:
     assert isinstance(model, DAAD)
     daad_train.fit_normal_stats(model, frames.numpy())
     with torch.no_grad():
-        speed = model.speed(frames)
+        speed = model.speed(model.speed_map(frames))
     torch.testing.assert_close(model.speed_stats, torch.stack([speed.mean(), speed.std()]))
 
 
