@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import warnings
@@ -37,8 +38,10 @@ INPUT_NAME = "frames"
 OUTPUT_NAMES = ("score", "anomaly_map")
 OPSET = 17
 # Only the encoder is quantized: the memory addressing (a softmax with beta = 8 over cosine
-# similarities) and the deviation statistics are precision-sensitive and cheap.
-INT8_SCOPE = "/encoder/"
+# similarities) and the deviation statistics are precision-sensitive and cheap. Traced node names
+# start with the module path: `/encoder/...` (AnoMem's backbone module) or `/encoder.N/...` (DAAD's
+# encoder, a list of stages).
+INT8_SCOPE = re.compile(r"^/encoder[./]")
 
 Precision = Literal["fp32", "fp16", "int8"]
 Int8Target = Literal["cpu", "tensorrt"]
@@ -150,11 +153,12 @@ def int8_nodes(graph: onnx.ModelProto) -> tuple[list[str], list[str]]:
     memories compare: their rounding error lands directly in the deviation maps). Chosen by
     agreement with the FP32 scores on unlabelled frames, not by test labels.
     """
-    nodes = [n for n in graph.graph.node if n.name.startswith(INT8_SCOPE)]
+    nodes = [n for n in graph.graph.node if INT8_SCOPE.match(n.name)]
+    if not nodes:
+        # quantize_static reads an empty node list as "quantize every node", flow and score included.
+        raise ArtifactError(f"int8: no encoder nodes (names matching {INT8_SCOPE.pattern}) in the graph")
     inside = {out for n in nodes for out in n.output}
-    leaving = {
-        t for n in graph.graph.node if not n.name.startswith(INT8_SCOPE) for t in n.input if t in inside
-    }
+    leaving = {t for n in graph.graph.node if not INT8_SCOPE.match(n.name) for t in n.input if t in inside}
     first_conv = next((n.name for n in nodes if n.op_type == "Conv"), None)
     kept = [n.name for n in nodes if n.name == first_conv or set(n.output) & leaving]
     return [n.name for n in nodes], kept
@@ -194,7 +198,7 @@ def to_int8(src: Path, dst: Path, calibration_inputs: np.ndarray, target: Int8Ta
         "target": target,
         "activations": ("int8 symmetric" if symmetric else "uint8 asymmetric") + ", min-max calibrated",
         "weights": "int8 symmetric per-channel",
-        "scope": f"nodes under {INT8_SCOPE}",
+        "scope": f"nodes matching {INT8_SCOPE.pattern}",
         "kept_float": kept,
         "calibration_frames": len(calibration_inputs),
     }

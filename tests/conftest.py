@@ -141,6 +141,16 @@ def tiny_checkpoint(ped2_like: Path, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_daad_checkpoint(ped2_like: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished, calibrated tiny DAAD checkpoint trained on `ped2_like` (seconds)."""
+    from model.pipeline import train
+
+    out = tmp_path_factory.mktemp("tiny_daad_ckpt") / "tiny_daad.safetensors"
+    train(ped2_like, out, tiny_daad_config())
+    return out
+
+
 PED2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucsd_ped2"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "benchmarks" / "artifacts"
 PED2_CHECKPOINT = ARTIFACTS / "anomem_ped2.safetensors"

@@ -10,7 +10,7 @@ import torch
 from onnx import TensorProto
 
 from model.data import load_clips
-from model.export import ArtifactError, export_artifact, load_artifact_meta
+from model.export import INT8_SCOPE, ArtifactError, export_artifact, int8_nodes, load_artifact_meta
 from model.pipeline import load_model, model_inputs
 from model.runtime.onnxruntime_backend import OrtRuntime
 from tests.conftest import PED2, PED2_CHECKPOINTS
@@ -106,6 +106,35 @@ def test_int8_graph_has_symmetric_qdq_for_tensorrt_and_keeps_the_ranking(
     score, _ = OrtRuntime(exported["int8"], device="cpu").infer(frames)
     ref_score, _ = _torch_outputs(tiny_checkpoint, frames)
     assert np.corrcoef(score, ref_score)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("model", ["anomem", "daad"])
+def test_int8_quantizes_the_encoder_only_and_keeps_the_ranking(
+    model: str, tiny_checkpoint: Path, tiny_daad_checkpoint: Path, ped2_like: Path, tmp_path: Path
+) -> None:
+    """Both models' encoders are found (DAAD's stages trace as `/encoder.N/...`); no tensor computed
+    outside them (motion, memories, decoder, score) is quantized."""
+    checkpoint = tiny_checkpoint if model == "anomem" else tiny_daad_checkpoint
+    export_artifact(checkpoint, tmp_path, "int8", calibration_data=ped2_like)
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    producer = {out: n.name for n in graph.graph.node for out in n.output}
+    weights = {t.name for t in graph.graph.initializer}
+    quantized = [n.input[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"]
+    activations = [t for t in quantized if t not in weights]
+    assert activations and all(INT8_SCOPE.match(producer[t]) for t in activations)
+    frames = _real_inputs(checkpoint, ped2_like, 24)
+    score, _ = OrtRuntime(tmp_path, device="cpu").infer(frames)
+    ref_score, _ = _torch_outputs(checkpoint, frames)
+    assert np.corrcoef(score, ref_score)[0, 1] > 0.9
+
+
+def test_int8_without_an_encoder_scope_is_refused() -> None:
+    """quantize_static would read an empty node list as "quantize everything": refused instead."""
+    node = onnx.helper.make_node("Relu", ["x"], ["y"], name="/head/Relu")
+    value = onnx.helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [value], [value]))
+    with pytest.raises(ArtifactError, match="no encoder nodes"):
+        int8_nodes(graph)
 
 
 def test_int8_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
