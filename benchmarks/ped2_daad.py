@@ -7,8 +7,10 @@ reconstruction error of normal and anomalous test frames (the paper's granularit
 block size maximizes their gap), the AUROC of each score term alone, and a label-free pseudo-anomaly
 AUROC on the held-out training clips (benchmarks/pseudo_validation.py), which picks the block size
 of the committed checkpoint without test labels (averaged over networks trained with two seeds, two
-kinds of synthetic event and three event seeds each). The adversarial ablation is run at that block size
-and at the a-priori one (32), and so is the score without its speed term (the same networks rescored).
+kinds of synthetic event and three event seeds each). It picks block 16 with two seeds and block 8
+with three (`--pick-seeds 0 1 2`): it does not separate the sizes (benchmarks/README.md). The
+adversarial ablation is run at that block size and at the a-priori one (32), and so is the score
+without its speed term (the same networks rescored).
 
     python benchmarks/ped2_daad.py --data ../shared/data/ucsd_ped2 --threads 2
 """
