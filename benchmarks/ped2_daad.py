@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from ped2_anomem import median_fps
-from pseudo_validation import KINDS, OBJECTS, load_objects, pseudo_auroc
+from pseudo_validation import KINDS, OBJECTS, load_objects, pseudo_aurocs
 from report import environment, write_results
 
 from model.anomaly_map import topk_mean
@@ -182,7 +182,7 @@ def run_variant(
     test = ped2_clips(data, cfg.input, "test")  # meta.config == cfg here
     result = evaluate_clips(model, cfg, test, cfg.train.smoothing_frames, calibration=meta.calibration)
     spec = cfg.input
-    pseudo = pseudo_auroc(str(ckpt), data, PSEUDO_SEEDS, KINDS, objects)
+    pseudo = pseudo_aurocs(model, meta, ped2_clips(data, spec, "train"), PSEUDO_SEEDS, KINDS, objects)
     return {
         "variant": name,
         "fps_median_b32": round(median_fps(model, spec.channels, spec.height, spec.width), 1),

@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from model.data import load_clips, with_motion
+from model.checkpoint import CheckpointMeta
+from model.data import Clip, load_clips, with_motion
 from model.evaluation import live_scores
 from model.metrics import auroc
 from model.pipeline import load_model, score_inputs, split_holdout
@@ -65,13 +66,27 @@ def pseudo_auroc(
     kinds: tuple[str, ...] = ("fast-patches",),
     objects: np.ndarray | None = None,
 ) -> dict[str, float | str | dict[str, float]]:
-    """AUROCs of one checkpoint on its held-out clips with synthetic events, one per (kind, seed).
+    """`pseudo_aurocs` of a checkpoint file on the held-out clips of the footage in `data`."""
+    model, meta = load_model(checkpoint)
+    clips = load_clips(data, meta.config.input, split="train")
+    return {"checkpoint": checkpoint, **pseudo_aurocs(model, meta, clips, seeds, kinds, objects)}
+
+
+def pseudo_aurocs(
+    model: torch.nn.Module,
+    meta: CheckpointMeta,
+    train_clips: list[Clip],
+    seeds: tuple[int, ...],
+    kinds: tuple[str, ...],
+    objects: np.ndarray | None,
+) -> dict[str, float | dict[str, float]]:
+    """AUROCs of a loaded model on its held-out clips (of `train_clips`, the split it trained on) with
+    synthetic events, one per (kind, seed).
 
     `pseudo_auroc_smoothed` is their mean (each set scored as the monitor smooths), `sets` each one.
     """
-    model, meta = load_model(checkpoint)
     cfg = meta.config
-    _, holdout = split_holdout(load_clips(data, cfg.input, split="train"), cfg.train.holdout_fraction)
+    _, holdout = split_holdout(train_clips, cfg.train.holdout_fraction)
     sets: dict[str, float] = {}
     unsmoothed: list[float] = []
     for kind in kinds:
@@ -90,7 +105,6 @@ def pseudo_auroc(
             sets[f"{kind} seed {seed}"] = auroc(y, np.concatenate(smoothed))
             unsmoothed.append(auroc(y, np.concatenate(raw)))
     return {
-        "checkpoint": checkpoint,
         "pseudo_auroc_smoothed": float(np.mean(list(sets.values()))),
         "pseudo_auroc_unsmoothed": float(np.mean(unsmoothed)),
         "sets": sets,

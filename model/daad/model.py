@@ -168,17 +168,16 @@ class DAAD(nn.Module):
         optical-flow speed over `flow_window` pixels (`speed_map` when the caller has it already),
         scaled and clipped the same way.
         """
-        return self.edges(self._motion(current, previous, speed_map))
+        if self.cfg.motion_features == "lk" and speed_map is not None:
+            return (speed_map / self.cfg.speed_scale).clamp(max=1.0)  # edges handled in speed_map
+        return self.edges(self._motion(current, previous))
 
-    def _motion(
-        self, current: torch.Tensor, previous: torch.Tensor, speed_map: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _motion(self, current: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         if self.cfg.motion_features == "diff":
             return (current - previous).abs().mean(dim=1, keepdim=True)
         if self.cfg.motion_features == "lk":
-            if speed_map is None:
-                speed_map = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
-            return (speed_map / self.cfg.speed_scale).clamp(max=1.0)
+            speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
+            return (speed / self.cfg.speed_scale).clamp(max=1.0)
         # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
         current = F.avg_pool2d(current, 3, stride=1, padding=1, count_include_pad=False)
         previous = F.avg_pool2d(previous, 3, stride=1, padding=1, count_include_pad=False)
