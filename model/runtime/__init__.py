@@ -69,13 +69,15 @@ def choose_backend(requested: str, have: Availability) -> tuple[str, str]:
     return "torch", "neither TensorRT nor ONNX Runtime is available"
 
 
-def _export_dir_for(checkpoint: Path) -> Path:
-    from model.export import export_artifact
+def _open_exported(name: str, export_dir: Path, device: str | None, threads: int | None) -> Runtime:
+    if name == "onnxruntime":
+        from model.runtime.onnxruntime_backend import OrtRuntime
 
-    out = Path(tempfile.mkdtemp(prefix="anomon-export-"))
-    log.info("exporting %s to %s (fp32) for an ONNX backend", checkpoint, out)
-    export_artifact(checkpoint, out, "fp32")
-    return out
+        return OrtRuntime(export_dir, device=device, threads=threads)
+    from model.runtime.tensorrt_backend import TensorRTRuntime
+
+    index = int(device.split(":")[1]) if device and ":" in device else 0
+    return TensorRTRuntime(export_dir, device=index)
 
 
 def open_runtime(
@@ -88,7 +90,7 @@ def open_runtime(
 
     Args:
         artifact: an export folder (model.onnx + model.json + checkpoint) or a checkpoint file
-            (ONNX backends then export it to a temporary folder first).
+            (ONNX backends export it to a temporary folder, removed once the runtime is built).
         backend: "auto", "torch", "onnxruntime" or "tensorrt".
         device: "cpu" or "cuda[:N]"; None lets the backend choose (GPU when present).
         threads: CPU threads for the torch and ONNX Runtime backends.
@@ -119,12 +121,13 @@ def open_runtime(
             cuda_graphs=on_gpu,
             threads=threads,
         )
-    export_dir = path if path.is_dir() else _export_dir_for(path)
-    if name == "onnxruntime":
-        from model.runtime.onnxruntime_backend import OrtRuntime
+    if path.is_dir():
+        return _open_exported(name, path, device, threads)
+    # A checkpoint file: export it to a folder that lives only while the runtime is built (the
+    # session or engine holds the graph in memory afterwards; nothing is left behind in /tmp).
+    from model.export import export_artifact
 
-        return OrtRuntime(export_dir, device=device, threads=threads)
-    from model.runtime.tensorrt_backend import TensorRTRuntime
-
-    index = int(device.split(":")[1]) if device and ":" in device else 0
-    return TensorRTRuntime(export_dir, device=index)
+    with tempfile.TemporaryDirectory(prefix="anomon-export-") as tmp:
+        log.info("exporting %s to a temporary folder (fp32) for the %s backend", path, name)
+        export_artifact(path, Path(tmp), "fp32")
+        return _open_exported(name, Path(tmp), device, threads)

@@ -1,5 +1,6 @@
 """The runtime interface: backend choice, parity between backends, input checks, TensorRT pieces."""
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,19 @@ def test_auto_on_this_cpu_machine_opens_onnxruntime_from_a_checkpoint(tiny_check
     runtime = open_runtime(tiny_checkpoint, "auto", device="cpu")
     assert runtime.backend == ("tensorrt" if Availability.probe().tensorrt else "onnxruntime")
     assert "anomem" in runtime.describe()
+
+
+def test_a_checkpoint_opened_on_onnxruntime_leaves_no_export_behind(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service and `anomon eval` export a checkpoint file for ONNX Runtime on every start; each
+    # export is a model's size, so a kept folder per start fills /tmp over restarts.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    frames = np.random.default_rng(0).integers(0, 256, (2, 2, 32, 48), dtype=np.uint8)
+    runtime = open_runtime(tiny_checkpoint, "onnxruntime", device="cpu")
+    assert list(tmp_path.iterdir()) == []
+    score, amap = runtime.infer(frames)  # the session holds the graph: it still runs
+    assert score.shape == (2,) and np.isfinite(score).all() and amap.shape == (2, 4, 6)
 
 
 def test_wrong_input_is_refused_with_the_expected_shape(artifact: Path) -> None:
