@@ -285,6 +285,11 @@ class TrainConfig(_Strict):
         1e-4, gt=0, description="encoder learning rate when it trains (None: lr)"
     )
     weight_decay: float = Field(1e-4, ge=0)
+    memory_init: Literal["sample", "spread"] = Field(
+        "sample",
+        description="AnoMem's memory slots start as queries of normal feature positions: sample (drawn "
+        "uniformly) or spread (k-means++ seeding: rare content such as walkers gets slots too)",
+    )
     temperature: float = Field(0.3, gt=0)
     w_contrastive: float = Field(1.0, ge=0)
     w_memory_contrastive: float = Field(1.0, ge=0)

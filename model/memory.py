@@ -30,6 +30,30 @@ def sample_rows(rows: torch.Tensor, n: int, generator: torch.Generator | None = 
     return rows[pick.to(rows.device)]
 
 
+def spread_rows(rows: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n rows of [M, D] by k-means++ seeding in cosine geometry (Arthur & Vassilvitskii, 2007).
+
+    Each next row is drawn with probability proportional to its squared distance from the nearest
+    row already drawn, so rare normal content (a walker among background cells) gets slots too,
+    where uniform draws spend nearly all of them on the background that covers most of a frame.
+    Falls back to `sample_rows` when there are no more rows than slots.
+    """
+    if rows.shape[0] <= n:
+        return sample_rows(rows, n, generator)
+    unit = F.normalize(rows.float(), dim=-1)
+    first = int(torch.randint(rows.shape[0], (1,), generator=generator))
+    picks = [first]
+    nearest = (unit - unit[first]).pow(2).sum(dim=-1)
+    for _ in range(n - 1):
+        weights = nearest.clamp(min=0).cpu()
+        if float(weights.sum()) <= 0:  # every row coincides with a pick: draw the rest uniformly
+            weights = torch.ones_like(weights)
+        nxt = int(torch.multinomial(weights, 1, generator=generator))
+        picks.append(nxt)
+        nearest = torch.minimum(nearest, (unit - unit[nxt]).pow(2).sum(dim=-1))
+    return rows[torch.tensor(picks, device=rows.device)]
+
+
 class HopfieldMemory(nn.Module):
     """One-step modern Hopfield read at every spatial position of a feature map.
 
@@ -58,10 +82,14 @@ class HopfieldMemory(nn.Module):
         return self.out(read)
 
     @torch.no_grad()
-    def initialize_slots(self, features: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Set the slots to queries of randomly chosen positions of `features` ([B, C, H, W])."""
+    def initialize_slots(
+        self, features: torch.Tensor, generator: torch.Generator | None = None, spread: bool = False
+    ) -> None:
+        """Set the slots to queries of positions of `features` ([B, C, H, W]): drawn uniformly, or
+        with `spread` by k-means++ seeding (`spread_rows`)."""
         q = self.query(features).flatten(2).transpose(1, 2).reshape(-1, self.slots.shape[1])
-        self.slots.copy_(sample_rows(q, self.slots.shape[0], generator))
+        pick = spread_rows if spread else sample_rows
+        self.slots.copy_(pick(q, self.slots.shape[0], generator))
 
 
 def hard_shrink(weights: torch.Tensor, threshold: float, eps: float = 1e-12) -> torch.Tensor:

@@ -64,14 +64,15 @@ def _device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def initialize_memories(
-    model: AnoMem, inputs: np.ndarray, generator: torch.Generator, samples: int = 64
+    model: AnoMem, inputs: np.ndarray, generator: torch.Generator, samples: int = 64, spread: bool = False
 ) -> None:
-    """Seed every memory's slots with queries of real normal features (faster than random slots)."""
+    """Seed every memory's slots with queries of real normal features (faster than random slots):
+    uniformly drawn positions, or with `spread` k-means++ seeding over them."""
     pick = torch.randperm(len(inputs), generator=generator)[:samples].numpy()
     model.eval()
     desc = model.describe(*model.split_input(torch.from_numpy(inputs[np.sort(pick)]).to(_device(model))))
     for memory, v in zip(model.memories, desc.maps, strict=True):
-        memory.initialize_slots(v, generator)
+        memory.initialize_slots(v, generator, spread=spread)
 
 
 def train_stage1(
@@ -92,7 +93,7 @@ def train_stage1(
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     if state.stage1_epochs_done == 0:
-        initialize_memories(model, inputs, generator)
+        initialize_memories(model, inputs, generator, spread=cfg.memory_init == "spread")
     params = [p for p in model.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in model.encoder.parameters()}
     groups = [

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from model.anomem import losses
@@ -25,9 +26,11 @@ def test_slot_variance_penalizes_collapsed_slots_only() -> None:
     assert losses.slot_variance(spread) < 0.01
 
 
-def test_stage1_losses_finite_and_decreasing(ped2_like) -> None:
+@pytest.mark.parametrize("memory_init", ["sample", "spread"])
+def test_stage1_losses_finite_and_decreasing(ped2_like, memory_init: str) -> None:
     cfg = tiny_config()
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 6, "lr": 3e-3})})
+    update = {"epochs": 6, "lr": 3e-3, "memory_init": memory_init}
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
     torch.manual_seed(0)
     model = build_model(cfg)
     inputs = model_inputs(load_clips(ped2_like, cfg.input, split="train"), cfg)

@@ -1,6 +1,6 @@
 import torch
 
-from model.memory import HopfieldMemory, cosine_addressing
+from model.memory import HopfieldMemory, cosine_addressing, sample_rows, spread_rows
 
 
 def test_addressing_is_a_distribution_over_slots() -> None:
@@ -34,3 +34,42 @@ def test_readout_of_an_unseen_feature_differs() -> None:
     memory.initialize_slots(seen)
     unseen = -seen[:, :, :1, :1]
     assert (memory(unseen) - unseen).norm() > 0.5
+
+
+def _background_and_walkers() -> torch.Tensor:
+    """1000 rows around one direction (background cells) and 20 around another (a walker's cells)."""
+    g = torch.Generator().manual_seed(0)
+    background = torch.tensor([1.0, 0.0, 0.0, 0.0]) + 0.02 * torch.randn(1000, 4, generator=g)
+    walkers = torch.tensor([0.0, 1.0, 0.0, 0.0]) + 0.02 * torch.randn(20, 4, generator=g)
+    return torch.cat([background, walkers])
+
+
+def test_spread_seeding_gives_rare_content_slots_where_uniform_draws_do_not() -> None:
+    rows = _background_and_walkers()
+    walker = lambda picked: int((picked[:, 1] > 0.5).sum())  # noqa: E731
+    spread_hits = [walker(spread_rows(rows, 4, torch.Generator().manual_seed(s))) for s in range(20)]
+    uniform_hits = [walker(sample_rows(rows, 4, torch.Generator().manual_seed(s))) for s in range(20)]
+    assert all(h >= 1 for h in spread_hits)  # the second pick is the far cluster with p ~ 0.96
+    assert sum(h >= 1 for h in uniform_hits) <= 5  # 4 uniform draws miss 20 of 1020 rows 92% of times
+
+
+def test_spread_seeding_draws_distinct_rows_and_is_seeded() -> None:
+    rows = _background_and_walkers()
+    a = spread_rows(rows, 64, torch.Generator().manual_seed(3))
+    b = spread_rows(rows, 64, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b)
+    assert torch.unique(a, dim=0).shape[0] == 64
+    few = spread_rows(rows[:10], 16, torch.Generator().manual_seed(0))  # fewer rows than slots
+    assert few.shape == (16, 4)
+
+
+def test_spread_initialized_memory_reads_back_its_rare_content() -> None:
+    rows = _background_and_walkers()
+    features = rows.t().reshape(1, 4, 30, 34)
+    memory = HopfieldMemory(channels=4, slots=8, dim=4, beta=50.0)
+    with torch.no_grad():
+        memory.query.weight.copy_(torch.eye(4).view(4, 4, 1, 1))
+        memory.out.weight.copy_(torch.eye(4).view(4, 4, 1, 1))
+    memory.initialize_slots(features, torch.Generator().manual_seed(0), spread=True)
+    walker = torch.tensor([0.0, 1.0, 0.0, 0.0]).view(1, 4, 1, 1)
+    assert (memory(walker) - walker).norm() < 0.1
