@@ -100,6 +100,13 @@ class AnoMemConfig(_Strict):
     )
     flow_window: OddWindow = 15
     edge_motion: EdgeMotion = "drop"  # the motion statistics of the memories and the speed term
+    motion_noise_floor: float = Field(
+        0.0,
+        ge=0,
+        le=64,
+        description="lk: grey levels subtracted from |frame - previous| (floored at 0) before the "
+        "memories see it, so sensor and compression noise on a still scene reads as no motion; 0: off",
+    )
     motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(

@@ -118,6 +118,8 @@ class AnoMem(nn.Module):
         current, previous = x[:, :c], x[:, c:]
         if self.cfg.motion_features == "lk":
             temporal = (current - previous).abs().mean(dim=1, keepdim=True)
+            if self.cfg.motion_noise_floor > 0:
+                temporal = (temporal - self.cfg.motion_noise_floor / 255.0).clamp(min=0.0)
             speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
             motion = torch.cat([temporal, speed], dim=1)
         elif self.cfg.motion_features == "flow":

@@ -82,6 +82,30 @@ def test_motion_near_the_frame_edges_is_dropped() -> None:
     assert (dropped[~inner] == 0).all() and kept[~inner].abs().max() > 0.1
 
 
+def test_noise_floor_silences_sensor_noise_and_keeps_real_motion() -> None:
+    """motion_noise_floor: |frame - previous| below the floor (in grey levels) reads as no motion;
+    above it, the difference less the floor. The speed channel is unchanged."""
+    off = build_model(tiny_config(edge_motion="keep")).eval()
+    floored = build_model(tiny_config(edge_motion="keep", motion_noise_floor=3.0)).eval()
+    g = torch.Generator().manual_seed(0)
+    scene = torch.randint(60, 200, (1, 1, 32, 48), generator=g, dtype=torch.uint8)
+    noise = torch.randint(-2, 3, scene.shape, generator=g)  # +-2 grey levels, as compression noise
+    noisy = (scene.int() + noise).clamp(0, 255).to(torch.uint8)
+    moved = noisy.clone()
+    moved[..., 10:20, 10:20] = 250  # a bright object where the scene was 60-200
+    with torch.no_grad():
+        quiet_off = off.split_input(torch.cat([noisy, scene], dim=1))[1]
+        quiet = floored.split_input(torch.cat([noisy, scene], dim=1))[1]
+        moving_off = off.split_input(torch.cat([moved, scene], dim=1))[1]
+        moving = floored.split_input(torch.cat([moved, scene], dim=1))[1]
+    assert quiet_off is not None and quiet is not None and moving_off is not None and moving is not None
+    assert quiet_off[:, 0].mean() > 0.5 / 255 and (quiet[:, 0] == 0).all()
+    obj = (slice(None), 0, slice(10, 20), slice(10, 20))
+    torch.testing.assert_close(moving[obj], (moving_off[obj] - 3 / 255).clamp(min=0))
+    assert moving[obj].min() > 40 / 255
+    torch.testing.assert_close(moving[:, 1], moving_off[:, 1])  # the Lucas-Kanade speed
+
+
 def test_area_pooling_takes_the_same_image_area_on_every_scale() -> None:
     """A 32 x 32 px hot square in a 128 x 128 px frame, top-2 of the stride-32 grid (2048 px^2)."""
     maps = [torch.zeros(1, 1, 128 // s, 128 // s) for s in (8, 16, 32)]
