@@ -42,7 +42,7 @@ class ScoreSum(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = [m(frames) for m in self.members]
-        return sum(o[0] for o in outputs), sum(o[1] for o in outputs) / len(outputs)  # type: ignore[return-value]
+        return sum(o[0] for o in outputs), sum(o[1] for o in outputs) / len(outputs)
 
 
 def main() -> int:
