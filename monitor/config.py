@@ -70,6 +70,13 @@ class IntakeSettings(_Section):
         "live", description="live drops frames older than max_frame_age_seconds; replay scores all"
     )
     max_frame_age_seconds: float = Field(2.0, gt=0)
+    motion_max_gap_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="a motion model scores a frame without motion (paired with itself) when its "
+        "camera's previous frame was captured more than this before it; below two frame intervals "
+        "(e.g. 0.15 for 10 fps) it also catches single frames lost at the source (monitor/pairing.py)",
+    )
     max_frame_bytes: int = Field(MAX_FRAME_BYTES, ge=1024)
     max_pixels: int = Field(3840 * 2160, ge=64, description="refuse larger images before decoding")
     decode_workers: int = Field(2, ge=1, le=64)

@@ -19,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from monitor.pairing import NO_MOTION_REASONS
 from monitor.wire import Reason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -41,6 +42,12 @@ class ServiceMetrics:
         self.frames_dropped = Counter(
             "anomon_frames_dropped",
             "Frames not scored on purpose (e.g. stale in live mode)",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.frames_without_motion = Counter(
+            "anomon_frames_without_motion",
+            "Frames a motion model scored paired with themselves: no usable previous frame",
             ["camera", "reason"],
             registry=r,
         )
@@ -112,6 +119,8 @@ class ServiceMetrics:
         """Export a newly seen camera's series at zero and its alert threshold."""
         for reason in DROP_REASONS:
             self.frames_dropped.labels(camera, reason)
+        for reason in NO_MOTION_REASONS:
+            self.frames_without_motion.labels(camera, reason)
         self.alerts.labels(camera)
         self.alerts_active.labels(camera).set(0)
         self.alert_threshold.labels(camera).set(on_threshold)

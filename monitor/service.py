@@ -46,6 +46,7 @@ from monitor.frames import ConsumedRecord, FrameError, FrameRecord, dead_letter,
 from monitor.kafka_client import create_topics, make_consumer, make_producer
 from monitor.localize import MapScale, Region
 from monitor.metrics import HealthServer, ServiceMetrics
+from monitor.pairing import MotionPairs
 from monitor.snapshot import SnapshotError
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class MonitorService:
         self.spec = served.config.input
         self.cameras: dict[str, CameraState] = {}
         self.camera_partition: dict[str, TopicPartition] = {}
-        self.previous: dict[str, np.ndarray] = {}  # last resized frame per camera, for motion
+        self.motion = MotionPairs(cfg.intake.motion_max_gap_seconds)  # last frame per camera
         self.peaks: dict[str, Peak] = {}
         self.assigned: set[TopicPartition] = set()
         self.stop_requested = threading.Event()
@@ -388,7 +389,7 @@ class MonitorService:
                 self._publish_events(camera_id, self.cameras[camera_id].close())
             self.cameras.pop(camera_id, None)
             self.camera_partition.pop(camera_id)
-            self.previous.pop(camera_id, None)
+            self.motion.forget(camera_id)
             self.peaks.pop(camera_id, None)
         if moving and self._producer is not None:
             self._flush()
@@ -524,41 +525,51 @@ class MonitorService:
         self._last_records = time.monotonic()
 
     def _intake(self, records: list[Any]) -> list[Frame]:
-        """Parse (bad records to the DLQ), drop stale frames in live mode, decode in the pool."""
+        """Parse (bad records to the DLQ), drop stale frames in live mode, decode in the pool, and pair
+        each frame with its camera's previous one for motion (`monitor.pairing`: a frame skipped here
+        leaves the next without a predecessor)."""
         now = time.time()
         intake = self.cfg.intake
-        parsed: list[tuple[Any, FrameRecord]] = []
+        parsed: list[tuple[Any, FrameRecord, bool]] = []  # in record order; False: dropped as stale
         for consumed in records:
             try:
                 record = parse_record(consumed, intake.max_frame_bytes)
             except FrameError as err:
                 self._dead_letter(consumed, err)
+                if consumed.key:  # the record may still name its camera
+                    self.motion.forget(consumed.key.decode("utf-8", "replace"))
                 continue
             self.stats.consumed += 1
             self.metrics.frames_consumed.labels(record.camera_id).inc()
             if intake.mode == "live" and now - record.capture_ts_ns / 1e9 > intake.max_frame_age_seconds:
                 self.stats.dropped += 1
                 self.metrics.frames_dropped.labels(record.camera_id, "stale").inc()
+                parsed.append((consumed, record, False))
                 continue
-            parsed.append((consumed, record))
+            parsed.append((consumed, record, True))
 
-        def decode(item: tuple[Any, FrameRecord]) -> np.ndarray | FrameError:
+        def decode(item: tuple[Any, FrameRecord, bool]) -> np.ndarray | FrameError | None:
+            if not item[2]:
+                return None
             try:
                 return decode_frame(item[1], intake.max_pixels, grayscale=not self.spec.color)
             except FrameError as err:
                 return err
 
         frames = []
-        for (consumed, record), image in zip(parsed, self._pool.map(decode, parsed), strict=True):
-            if isinstance(image, FrameError):
-                self._dead_letter(consumed, image)
+        for (consumed, record, _), image in zip(parsed, self._pool.map(decode, parsed), strict=True):
+            if image is None or isinstance(image, FrameError):
+                if image is not None:
+                    self._dead_letter(consumed, image)
+                self.motion.forget(record.camera_id)
                 continue
             current = resize_frame(image, self.spec)
             model_input = current
             if self.spec.motion:
-                previous = self.previous.get(record.camera_id, current)
+                previous, unpaired = self.motion.pair(record.camera_id, current, record.capture_ts_ns)
+                if unpaired is not None:
+                    self.metrics.frames_without_motion.labels(record.camera_id, unpaired).inc()
                 model_input = np.concatenate([current, previous], axis=0)
-            self.previous[record.camera_id] = current
             self.camera_partition.setdefault(
                 record.camera_id, TopicPartition(consumed.topic, consumed.partition)
             )

@@ -32,6 +32,7 @@ REQUIRED_ALERTS = {
 REQUIRED_ON_DASHBOARD = {
     "anomon_frames_processed_total",
     "anomon_frames_dropped_total",
+    "anomon_frames_without_motion_total",
     "anomon_dead_letters_total",
     "anomon_inference_seconds_bucket",
     "anomon_end_to_end_seconds_bucket",

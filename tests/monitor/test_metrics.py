@@ -35,6 +35,9 @@ def test_a_tracked_camera_has_its_counters_and_threshold() -> None:
     assert samples[("anomon_alerts_active", camera)] == 0.0
     assert samples[("anomon_alert_threshold", camera)] == 0.65
     assert samples[("anomon_frames_dropped_total", (("camera", "gate-1"), ("reason", "stale")))] == 0.0
+    for reason in ("first", "gap"):
+        labels = (("camera", "gate-1"), ("reason", reason))
+        assert samples[("anomon_frames_without_motion_total", labels)] == 0.0
 
 
 def _status(url: str) -> tuple[int, str]:

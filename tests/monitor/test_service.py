@@ -26,7 +26,14 @@ from monitor.replay import ReplayReport, find_clips, replay
 from monitor.service import ModelPlan, plan_model
 from monitor.wire import HEADER_ERROR, HEADER_SOURCE, AlertMessage, decode, frame_headers
 from tests.conftest import PED2, PED2_CHECKPOINTS
-from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, decode_scores, service_config
+from tests.monitor.conftest import (
+    RecordReader,
+    ServiceThread,
+    ServiceTopics,
+    decode_scores,
+    send_records,
+    service_config,
+)
 
 TopicsFactory = Callable[[int], ServiceTopics]
 
@@ -373,3 +380,75 @@ def test_auto_workers_plan_two_on_a_cpu_and_one_on_a_gpu(
     settings: dict, have: Availability, cores: int, plan: ModelPlan
 ) -> None:
     assert plan_model(ModelSettings(**settings), have, cores) == plan
+
+
+def test_a_frame_after_a_skipped_frame_or_a_capture_gap_is_scored_without_motion(
+    tiny_artifact: Path,
+    ped2_like: Path,
+    kafka_bootstrap: str,
+    kafka_settings: KafkaSettings,
+    service_topics: TopicsFactory,
+    read_records: RecordReader,
+) -> None:
+    """A motion model's frame is paired with the camera's previous frame only when that is the one
+    just before it: after a stale or corrupt frame, or a capture gap, it is paired with itself."""
+    from model.data import resize_frame
+    from model.runtime import open_runtime
+
+    images = [
+        cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((ped2_like / "test" / "01").glob("*.jpg"))
+    ]
+    png = [cv2.imencode(".png", image)[1].tobytes() for image in images]
+    topics = service_topics(1)
+    cfg = service_config(kafka_bootstrap, topics, tiny_artifact, **{"intake.mode": "live"})
+    assert cfg.intake.motion_max_gap_seconds == 0.5
+    ms = 1_000_000
+    # (frame index, capture time after t0 in ms, payload): frame 3 is stale, frame 8 corrupt.
+    plan = [(0, 0), (1, 100), (2, 200), (3, -60_000), (4, 300), (5, 400), (6, 3400), (7, 3500), (8, 3550)]
+    plan += [(9, 3600), (10, 3700)]
+    with ServiceThread(cfg) as running:
+        running.start().wait_assigned()
+        t0 = time.time_ns()
+        send_records(
+            kafka_settings,
+            topics.frames,
+            [
+                (
+                    b"gate-1",
+                    b"\xff\xd8\xff not a jpeg" if i == 8 else png[i],
+                    frame_headers("image/jpeg" if i == 8 else "image/png", i, t0 + dt * ms),
+                )
+                for i, dt in plan
+            ],
+        )
+        records = read_records(topics.scores, 9, timeout_s=60)
+        status, text = _get(f"{running.url}/metrics")
+        running.stop()
+    scores = {s.frame_index: s.raw_score for s in decode_scores(records)}
+    assert sorted(scores) == [0, 1, 2, 4, 5, 6, 7, 9, 10]
+
+    # The same frames scored directly, paired as expected and as a blind "previous frame" would pair them.
+    runtime = open_runtime(tiny_artifact, "onnxruntime", threads=1)
+    frames = [resize_frame(image, runtime.model.config.input) for image in images]
+
+    def raw(i: int, previous: int) -> float:
+        return float(runtime.infer(np.concatenate([frames[i], frames[previous]])[None])[0][0])
+
+    expected = {0: 0, 1: 0, 2: 1, 4: 4, 5: 4, 6: 6, 7: 6, 9: 9, 10: 9}  # frame: the frame it is paired with
+    for i, previous in expected.items():
+        assert scores[i] == pytest.approx(raw(i, previous), abs=1e-4), f"frame {i}"
+    blind = {4: 2, 6: 5, 9: 7}  # after the stale frame, across the gap, after the corrupt frame
+    for i, previous in blind.items():
+        assert abs(raw(i, previous) - raw(i, i)) > 1e-2, f"frame {i}: motion changes nothing here"
+
+    assert status == 200
+    counted = {
+        (sample.name, sample.labels.get("reason")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("camera") == "gate-1" or family.name == "anomon_dead_letters"
+    }
+    assert counted[("anomon_frames_without_motion_total", "first")] == 3  # frames 0, 4 and 9
+    assert counted[("anomon_frames_without_motion_total", "gap")] == 1  # frame 6
+    assert counted[("anomon_frames_dropped_total", "stale")] == 1
+    assert sum(v for (name, _), v in counted.items() if name == "anomon_dead_letters_total") == 1
