@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "anomem_stats.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="anomem-stats-"))
+    scratch = tempfile.TemporaryDirectory(prefix="anomem-stats-")  # removed when main returns
+    work = Path(scratch.name)
     rows: list[dict[str, Any]] = []
     for i, (name, per_position, shrinkage) in enumerate(VARIANTS):
         print(f"[{i + 1}/{len(VARIANTS)}] {name}")

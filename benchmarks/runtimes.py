@@ -53,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    work = Path(tempfile.mkdtemp(prefix="anomon-runtimes-"))
+    scratch = tempfile.TemporaryDirectory(prefix="anomon-runtimes-")  # removed when main returns
+    work = Path(scratch.name)
     artifacts = {}
     for precision in ("fp32", "fp16", "int8"):
         artifacts[precision] = work / precision

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -422,6 +423,7 @@ def main() -> None:
     out.write_text(json.dumps(report_doc, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report_doc))
     print(markdown(report_doc))
+    shutil.rmtree(work, ignore_errors=True)  # the export and the logs; kept when a run fails
 
 
 def _load(values: list[float]) -> str:
