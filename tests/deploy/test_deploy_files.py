@@ -26,6 +26,7 @@ REQUIRED_ALERTS = {
     "AnomonLatencyHigh",
     "AnomonConsumerLagGrowing",
     "AnomonDroppingFrames",
+    "AnomonScoringWithoutMotion",
     "AnomonAlertStorm",
 }
 # DESIGN.md's metrics, plus the ones an operator needs for saturation, stalls and alert volume.
