@@ -77,6 +77,15 @@ class IntakeSettings(_Section):
         "camera's previous frame was captured more than this before it; below two frame intervals "
         "(e.g. 0.15 for 10 fps) it also catches single frames lost at the source (monitor/pairing.py)",
     )
+    motion_interval_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="a motion model's frame is paired with its camera's frame captured closest to this "
+        "long before (within half an interval either way; else it is scored without motion): 1 / the frame "
+        "rate of the model's training footage (0.1 for Ped2's 10 fps), for cameras faster than that; "
+        "null: the previous frame (cameras at the training rate)",
+    )
     max_frame_bytes: int = Field(MAX_FRAME_BYTES, ge=1024)
     max_pixels: int = Field(3840 * 2160, ge=64, description="refuse larger images before decoding")
     decode_workers: int = Field(2, ge=1, le=64)

@@ -217,7 +217,8 @@ class MonitorService:
         self.spec = served.config.input
         self.cameras: dict[str, CameraState] = {}
         self.camera_partition: dict[str, TopicPartition] = {}
-        self.motion = MotionPairs(cfg.intake.motion_max_gap_seconds)  # last frame per camera
+        # The earlier frames of each camera that its next frames may be paired with, for motion.
+        self.motion = MotionPairs(cfg.intake.motion_max_gap_seconds, cfg.intake.motion_interval_seconds)
         self.peaks: dict[str, Peak] = {}
         self.assigned: set[TopicPartition] = set()
         self.stop_requested = threading.Event()
@@ -537,7 +538,7 @@ class MonitorService:
             except FrameError as err:
                 self._dead_letter(consumed, err)
                 if consumed.key:  # the record may still name its camera
-                    self.motion.forget(consumed.key.decode("utf-8", "replace"))
+                    self.motion.skipped(consumed.key.decode("utf-8", "replace"))
                 continue
             self.stats.consumed += 1
             self.metrics.frames_consumed.labels(record.camera_id).inc()
@@ -561,7 +562,7 @@ class MonitorService:
             if image is None or isinstance(image, FrameError):
                 if image is not None:
                     self._dead_letter(consumed, image)
-                self.motion.forget(record.camera_id)
+                self.motion.skipped(record.camera_id)
                 continue
             current = resize_frame(image, self.spec)
             model_input = current
