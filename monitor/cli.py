@@ -219,6 +219,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             cameras=args.cameras,
             camera_prefix=args.camera_prefix,
             start_index=args.start_index,
+            clip_gap_seconds=args.clip_gap,
         )
     finally:
         publisher.producer.close(timeout=10)
@@ -399,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cameras", type=int, default=1, help="cameras replaying the same clips concurrently")
     p.add_argument("--camera-prefix", default="replay", help="camera ids are PREFIX-1 ... PREFIX-N")
     p.add_argument("--clips", nargs="+", metavar="CLIP", help="replay only these clips, in this order")
+    p.add_argument(
+        "--clip-gap",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="pause before each clip after the first, so that a motion model does not read the cut "
+        "between clips as motion (above the service's intake.motion_max_gap_seconds, 0.5); 0: none",
+    )
     p.add_argument(
         "--manifest",
         metavar="JSON",

@@ -164,6 +164,7 @@ def replay(
     cameras: int = 1,
     camera_prefix: str = "replay",
     start_index: int = 0,
+    clip_gap_seconds: float = 0.0,
     progress: bool = True,
 ) -> ReplayReport:
     """Send every clip, in order, as each of `cameras` cameras at `fps` frames per second each; flush.
@@ -172,9 +173,15 @@ def replay(
     reads (and decodes, for videos) the clips itself. Ctrl-C ends it cleanly: what was sent is
     flushed and reported (`interrupted`).
 
+    Consecutive clips are a cut, which a motion model paired across it reads as motion everywhere:
+    `clip_gap_seconds` pauses that long before each clip after the first, so that the service, whose
+    `intake.motion_max_gap_seconds` it exceeds, scores the clip's first frame without motion.
+
     Raises:
         SourceError, KafkaUnavailableError, PublishError.
     """
+    if clip_gap_seconds < 0:
+        raise ValueError(f"--clip-gap must be 0 or more seconds, not {clip_gap_seconds}")
     ids = camera_ids(cameras, camera_prefix)
     pacer = Pacer(fps)
     streams = {camera: _clip_frames(clips) for camera in ids}
@@ -191,6 +198,8 @@ def replay(
                 ]
                 if not due:
                     break
+                if clip_gap_seconds > 0 and index > start_index and due[0][1][1] == 0:
+                    time.sleep(clip_gap_seconds)  # every camera starts its next clip on this tick
                 time.sleep(pacer.delay(time.monotonic()))
                 pacer.sent(time.monotonic())
                 capture_ts_ns = time.time_ns()

@@ -69,6 +69,25 @@ def test_two_cameras_replay_two_clips_and_map_back_to_clip_frames(
     assert len(first_ticks) == 2 and first_ticks[0].capture_ts_ns == first_ticks[1].capture_ts_ns
 
 
+def test_a_clip_gap_pauses_between_clips_so_that_the_cut_is_a_capture_gap(
+    ped2_like: Path, kafka_settings: KafkaSettings, new_topic: TopicFactory, read_records: RecordReader
+) -> None:
+    topic = new_topic()
+    producer = make_producer(kafka_settings)
+    try:
+        publisher = FramePublisher(producer, topic)
+        with pytest.raises(ValueError, match="--clip-gap must be 0 or more"):
+            replay(find_clips(ped2_like), publisher, clip_gap_seconds=-1, progress=False)
+        report = replay(find_clips(ped2_like), publisher, fps=500, clip_gap_seconds=0.6, progress=False)
+    finally:
+        producer.close()
+    frames = [parse_record(r) for r in read_records(topic, 48)]
+    assert [f.frame_index for f in frames] == list(range(48))
+    steps = np.diff([f.capture_ts_ns for f in frames]) / 1e9
+    assert steps[23] >= 0.6, "no pause between clip 01 (frames 0-23) and clip 02"
+    assert np.delete(steps, 23).max() < 0.3 and report.seconds >= 0.6
+
+
 def test_videos_and_other_image_formats_are_encoded(
     tmp_path: Path, kafka_settings: KafkaSettings, new_topic: TopicFactory, read_records: RecordReader
 ) -> None:
