@@ -393,47 +393,60 @@ class _PairedStream:
     raw: Callable[[int, int], float]  # (frame, frame it is paired with) -> raw score from the runtime
 
 
-def _paired_stream(
-    artifact: Path,
-    frames_root: Path,
-    bootstrap: str,
-    settings: KafkaSettings,
-    topics: ServiceTopics,
-    read: RecordReader,
-    plan: Sequence[tuple[int, float]],
-    corrupt: frozenset[int] = frozenset(),
-    overrides: dict[str, Any] | None = None,
-) -> _PairedStream:
-    """Send frame i of a ped2-like clip captured `dt` ms after now for each (i, dt) of `plan` (PNG,
-    or bytes that are no image for `corrupt`) as camera gate-1 to a live service; collect its scores."""
+PairedStreamRunner = Callable[..., _PairedStream]
+
+
+@pytest.fixture
+def paired_stream(
+    tiny_artifact: Path,
+    ped2_like: Path,
+    kafka_bootstrap: str,
+    kafka_settings: KafkaSettings,
+    service_topics: TopicsFactory,
+    read_records: RecordReader,
+) -> PairedStreamRunner:
+    """run(plan, corrupt, overrides): for each (i, dt) of `plan`, frame i of a ped2-like clip captured
+    `dt` ms after now (PNG; bytes that are no image for `corrupt`) goes as camera gate-1 to a live
+    service with the tiny motion model; its scores and metrics come back with a direct scorer."""
     from model.data import resize_frame
     from model.runtime import open_runtime
 
-    images = [np.asarray(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in sorted(frames_root.glob("*.jpg"))]
-    cfg = service_config(bootstrap, topics, artifact, **{"intake.mode": "live", **(overrides or {})})
-    stale = sum(1 for _, dt in plan if dt < -cfg.intake.max_frame_age_seconds * 1e3)
-    with ServiceThread(cfg) as running:
-        running.start().wait_assigned()
-        t0 = time.time_ns()
-        records = []
-        for i, dt in plan:
-            if i in corrupt:
-                payload, content_type = b"\xff\xd8\xff not a jpeg", "image/jpeg"
-            else:
-                payload, content_type = cv2.imencode(".png", images[i])[1].tobytes(), "image/png"
-            records.append((b"gate-1", payload, frame_headers(content_type, i, t0 + int(dt * 1e6))))
-        send_records(settings, topics.frames, records)
-        scored = read(topics.scores, len(plan) - len(corrupt) - stale, timeout_s=60)
-        status, text = _get(f"{running.url}/metrics")
-        running.stop()
-    assert status == 200
-    runtime = open_runtime(artifact, "onnxruntime", threads=1)
+    clip = sorted((ped2_like / "test" / "01").glob("*.jpg"))
+    images = [np.asarray(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)) for p in clip]
+    runtime = open_runtime(tiny_artifact, "onnxruntime", threads=1)
     inputs = [resize_frame(image, runtime.model.config.input) for image in images]
 
     def raw(i: int, previous: int) -> float:
         return float(runtime.infer(np.concatenate([inputs[i], inputs[previous]])[None])[0][0])
 
-    return _PairedStream({s.frame_index: s.raw_score for s in decode_scores(scored)}, text, raw)
+    def run(
+        plan: Sequence[tuple[int, float]],
+        corrupt: frozenset[int] = frozenset(),
+        overrides: dict[str, Any] | None = None,
+    ) -> _PairedStream:
+        topics = service_topics(1)
+        cfg = service_config(
+            kafka_bootstrap, topics, tiny_artifact, **{"intake.mode": "live", **(overrides or {})}
+        )
+        stale = sum(1 for _, dt in plan if dt < -cfg.intake.max_frame_age_seconds * 1e3)
+        with ServiceThread(cfg) as running:
+            running.start().wait_assigned()
+            t0 = time.time_ns()
+            records = []
+            for i, dt in plan:
+                if i in corrupt:
+                    payload, content_type = b"\xff\xd8\xff not a jpeg", "image/jpeg"
+                else:
+                    payload, content_type = cv2.imencode(".png", images[i])[1].tobytes(), "image/png"
+                records.append((b"gate-1", payload, frame_headers(content_type, i, t0 + int(dt * 1e6))))
+            send_records(kafka_settings, topics.frames, records)
+            scored = read_records(topics.scores, len(plan) - len(corrupt) - stale, timeout_s=60)
+            status, text = _get(f"{running.url}/metrics")
+            running.stop()
+        assert status == 200
+        return _PairedStream({s.frame_index: s.raw_score for s in decode_scores(scored)}, text, raw)
+
+    return run
 
 
 def _camera_counters(text: str) -> dict[tuple[str, str | None], float]:
@@ -446,28 +459,14 @@ def _camera_counters(text: str) -> dict[tuple[str, str | None], float]:
 
 
 def test_a_frame_after_a_skipped_frame_or_a_capture_gap_is_scored_without_motion(
-    tiny_artifact: Path,
-    ped2_like: Path,
-    kafka_bootstrap: str,
-    kafka_settings: KafkaSettings,
-    service_topics: TopicsFactory,
-    read_records: RecordReader,
+    paired_stream: PairedStreamRunner,
 ) -> None:
     """A motion model's frame is paired with the camera's previous frame only when that is the one
     just before it: after a stale or corrupt frame, or a capture gap, it is paired with itself."""
     # (frame index, capture time after now in ms): frame 3 is stale, frame 8 corrupt, 6 after a 3 s gap.
     plan = [(0, 0), (1, 100), (2, 200), (3, -60_000), (4, 300), (5, 400), (6, 3400), (7, 3500), (8, 3550)]
     plan += [(9, 3600), (10, 3700)]
-    run = _paired_stream(
-        tiny_artifact,
-        ped2_like / "test" / "01",
-        kafka_bootstrap,
-        kafka_settings,
-        service_topics(1),
-        read_records,
-        plan,
-        corrupt=frozenset({8}),
-    )
+    run = paired_stream(plan, corrupt=frozenset({8}))
     assert sorted(run.scores) == [0, 1, 2, 4, 5, 6, 7, 9, 10]
     expected = {0: 0, 1: 0, 2: 1, 4: 4, 5: 4, 6: 6, 7: 6, 9: 9, 10: 9}  # frame: the frame it is paired with
     for i, previous in expected.items():
@@ -484,26 +483,12 @@ def test_a_frame_after_a_skipped_frame_or_a_capture_gap_is_scored_without_motion
 
 
 def test_with_a_motion_interval_a_faster_camera_is_paired_at_the_training_interval(
-    tiny_artifact: Path,
-    ped2_like: Path,
-    kafka_bootstrap: str,
-    kafka_settings: KafkaSettings,
-    service_topics: TopicsFactory,
-    read_records: RecordReader,
+    paired_stream: PairedStreamRunner,
 ) -> None:
     """intake.motion_interval_seconds 0.1 (a model of 10 fps footage) and a 30 fps camera: each frame
     is paired with the one captured 100 ms before it, three back, and every frame is scored."""
     plan = [(i, i * 1000 / 30) for i in range(9)]
-    run = _paired_stream(
-        tiny_artifact,
-        ped2_like / "test" / "01",
-        kafka_bootstrap,
-        kafka_settings,
-        service_topics(1),
-        read_records,
-        plan,
-        overrides={"intake.motion_interval_seconds": 0.1},
-    )
+    run = paired_stream(plan, overrides={"intake.motion_interval_seconds": 0.1})
     assert sorted(run.scores) == list(range(9))
     expected = {0: 0, 1: 1, 2: 0} | {i: i - 3 for i in range(3, 9)}
     for i, previous in expected.items():
