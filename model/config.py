@@ -41,6 +41,19 @@ OddWindow = Annotated[
 ]
 
 
+FlowLevels = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=3,
+        description="resolutions of the Lucas-Kanade speed (model.motion.pyramid_speed): 1 reads up to "
+        "about 3 px per frame at the input size and less beyond, 2 up to about 6, 3 up to about 10, "
+        "high by up to a half near the top (benchmarks/lk_range.py): more than 1 for scenes with "
+        "objects faster than walkers (vehicles)",
+    ),
+]
+
+
 EdgeMotion = Annotated[
     Literal["keep", "drop"],
     Field(
@@ -99,6 +112,7 @@ class AnoMemConfig(_Strict):
         "speed), lk (Lucas-Kanade optical-flow speed over flow_window pixels)",
     )
     flow_window: OddWindow = 15
+    flow_levels: FlowLevels = 1
     edge_motion: EdgeMotion = "drop"  # the motion statistics of the memories and the speed term
     motion_noise_floor: float = Field(
         0.0,
@@ -178,6 +192,7 @@ class DAADConfig(_Strict):
         "optical-flow speed over flow_window pixels)",
     )
     flow_window: OddWindow = 15
+    flow_levels: FlowLevels = 1
     speed_scale: float = Field(
         4.0, gt=0, description="flow, lk: speed (input pixels per frame) read as motion 1.0"
     )

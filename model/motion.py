@@ -115,3 +115,33 @@ def lucas_kanade_speed(
     u = (b * e - c * d) / det
     v = (b * d - a * e) / det
     return (u * u + v * v).add(1e-12).sqrt()
+
+
+def pyramid_speed(
+    current: torch.Tensor, previous: torch.Tensor, sobel: torch.Tensor, window: int, levels: int
+) -> torch.Tensor:
+    """Lucas-Kanade speed over `levels` resolutions: [B, C, H, W] frames in [0, 1] -> [B, 1, H, W].
+
+    One level (`lucas_kanade_speed`) reads speeds up to about 3 px per frame and less beyond (a
+    shift of 8 px reads 1.9: `benchmarks/lk_range.py`). Level l averages both frames over 2^l x 2^l
+    pixels, where a displacement is 2^l times smaller, estimates there with a window of about half
+    the size (`window // 2`, odd, at least 3) and scales the speed back; it replaces the finer
+    estimate where it reads more than 2^l px (2 px at the finer level's resolution, inside the range
+    that level measures). No warping: each level reads the two frames directly. A level's estimate
+    within its own reach of the frame's edges (`edge_margin`) is left out, as the finest level's is by
+    `edge_motion`; a level too small to have an interior is not used.
+    """
+    speed = lucas_kanade_speed(current, previous, sobel, window)
+    coarse_window = max(3, (window // 2) | 1)
+    for level in range(1, levels):
+        factor = 2**level
+        height, width = current.shape[-2] // factor, current.shape[-1] // factor
+        if min(height, width) <= 2 * edge_margin(coarse_window):
+            break  # a level that small has no interior left: the finer levels stand
+        coarse = lucas_kanade_speed(
+            F.avg_pool2d(current, factor), F.avg_pool2d(previous, factor), sobel, coarse_window
+        )
+        coarse = drop_edges(coarse, edge_margin(coarse_window)) * factor
+        coarse = F.interpolate(coarse, size=(speed.shape[-2], speed.shape[-1]), mode="nearest")
+        speed = torch.where(coarse > factor, coarse, speed)
+    return speed

@@ -19,7 +19,7 @@ from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec, score_terms
 from model.memory import HopfieldMemory
-from model.motion import edge_motion, lucas_kanade_speed, normal_flow_field, sobel_kernels
+from model.motion import edge_motion, normal_flow_field, pyramid_speed, sobel_kernels
 
 MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and a speed (or max difference)
 
@@ -120,7 +120,7 @@ class AnoMem(nn.Module):
             temporal = (current - previous).abs().mean(dim=1, keepdim=True)
             if self.cfg.motion_noise_floor > 0:
                 temporal = (temporal - self.cfg.motion_noise_floor / 255.0).clamp(min=0.0)
-            speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
+            speed = pyramid_speed(current, previous, self.sobel, self.cfg.flow_window, self.cfg.flow_levels)
             motion = torch.cat([temporal, speed], dim=1)
         elif self.cfg.motion_features == "flow":
             motion = normal_flow_field(current, previous, self.sobel)

@@ -22,7 +22,7 @@ from torch import nn
 from model.anomaly_map import gaussian_kernel, smooth, topk_mean
 from model.config import DAADConfig, InputSpec
 from model.memory import BlockMemory
-from model.motion import edge_motion, lucas_kanade_speed, sobel_kernels
+from model.motion import edge_motion, pyramid_speed, sobel_kernels
 
 
 class ConvStage(nn.Sequential):
@@ -176,7 +176,7 @@ class DAAD(nn.Module):
         if self.cfg.motion_features == "diff":
             return (current - previous).abs().mean(dim=1, keepdim=True)
         if self.cfg.motion_features == "lk":
-            speed = lucas_kanade_speed(current, previous, self.sobel, self.cfg.flow_window)
+            speed = pyramid_speed(current, previous, self.sobel, self.cfg.flow_window, self.cfg.flow_levels)
             return (speed / self.cfg.speed_scale).clamp(max=1.0)
         # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
         current = F.avg_pool2d(current, 3, stride=1, padding=1, count_include_pad=False)
@@ -195,7 +195,8 @@ class DAAD(nn.Module):
         `edges`) of uint8 frames with their previous frame."""
         x = frames.float() / 255.0
         c = self.spec.frame_channels
-        return self.edges(lucas_kanade_speed(x[:, :c], x[:, c:], self.sobel, self.cfg.flow_window))
+        speed = pyramid_speed(x[:, :c], x[:, c:], self.sobel, self.cfg.flow_window, self.cfg.flow_levels)
+        return self.edges(speed)
 
     def speed_cells(self, speed_map: torch.Tensor) -> torch.Tensor:
         """Mean speed of every map cell of a `speed_map`: [B, 1, h, w]."""

@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -6,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from model.config import ConfigError, parse_config
-from model.motion import _window_mean, drop_edges, edge_margin, lucas_kanade_speed, sobel_kernels
+from model.motion import (
+    _window_mean,
+    drop_edges,
+    edge_margin,
+    lucas_kanade_speed,
+    pyramid_speed,
+    sobel_kernels,
+)
 from model.pipeline import build_model
 from tests.conftest import TINY, assert_onnx_matches_torch, tiny_config, tiny_daad_config
 
@@ -69,6 +77,37 @@ def test_lucas_kanade_speed_does_not_depend_on_contrast() -> None:
     assert _interior_speed(0.3 * frame + 0.2, 0.3 * moved + 0.2) == pytest.approx(full, rel=0.05)
 
 
+def test_pyramid_speed_keeps_rising_where_one_level_folds_back() -> None:
+    frame = _texture(size=(160, 240))
+    shifts = [1, 2, 4, 6, 8, 10]
+
+    def reading(dx: int, levels: int) -> float:
+        moved = torch.roll(frame, shifts=(0, dx), dims=(-2, -1))
+        return float(pyramid_speed(moved, frame, sobel_kernels(), 15, levels)[..., 24:-24, 24:-24].median())
+
+    one = [reading(d, 1) for d in shifts]
+    three = [reading(d, 3) for d in shifts]
+    assert one[-1] < one[2], f"one level no longer folds back beyond its range: {one}"
+    assert all(a < b for a, b in itertools.pairwise(three)), f"not increasing: {three}"
+    # Without warping each level reads high near the top of its range (up to 1.55x here), never low.
+    assert all(0.9 * d <= r <= 1.6 * d for d, r in zip(shifts, three, strict=True)), three
+    # One level is the plain estimate, bit for bit (what checkpoints before flow_levels compute).
+    moved = torch.roll(frame, shifts=(0, 2), dims=(-2, -1))
+    assert torch.equal(
+        pyramid_speed(moved, frame, sobel_kernels(), 15, 1),
+        lucas_kanade_speed(moved, frame, sobel_kernels(), 15),
+    )
+
+
+def test_pyramid_speed_skips_levels_too_small_for_an_interior() -> None:
+    frame = _texture(size=(32, 48))
+    moved = torch.roll(frame, shifts=(0, 1), dims=(-2, -1))
+    # Window 7: coarse levels use 3, margin 4; at 1/4 size (8x12) no interior is left.
+    assert torch.equal(
+        pyramid_speed(moved, frame, sobel_kernels(), 7, 3), pyramid_speed(moved, frame, sobel_kernels(), 7, 2)
+    )
+
+
 def test_lucas_kanade_speed_holds_in_half_precision() -> None:
     """FP16 graphs run it in half precision: flat ground must not underflow into NaN."""
     frame = _texture(seed=3)
@@ -84,12 +123,13 @@ def test_lucas_kanade_speed_holds_in_half_precision() -> None:
     assert (half - full).abs().mean() < 0.02
 
 
+@pytest.mark.parametrize("levels", [1, 2])
 @pytest.mark.parametrize("name", ["anomem", "daad"])
 def test_models_with_lucas_kanade_motion_export_to_onnxruntime_like_pytorch(
-    name: str, tmp_path: Path
+    name: str, levels: int, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    overrides = {"motion_features": "lk", "flow_window": 7}
+    overrides = {"motion_features": "lk", "flow_window": 7, "flow_levels": levels}
     cfg = tiny_config(**overrides) if name == "anomem" else tiny_daad_config(**overrides)
     model = build_model(cfg).eval()
     # The motion features reach the score: a moving frame and a still one score differently.
