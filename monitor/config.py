@@ -75,7 +75,8 @@ class IntakeSettings(_Section):
         gt=0,
         description="a motion model scores a frame without motion (paired with itself) when its "
         "camera's previous frame was captured more than this before it; below two frame intervals "
-        "(e.g. 0.15 for 10 fps) it also catches single frames lost at the source (monitor/pairing.py)",
+        "(e.g. 0.15 for 10 fps) it also catches single frames lost at the source (monitor/pairing.py); "
+        "not used with motion_interval_seconds",
     )
     motion_interval_seconds: float | None = Field(
         None,

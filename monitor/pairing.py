@@ -7,10 +7,11 @@ scores above the calibrated threshold (frame one back: 1 %; `benchmarks/results/
 a frame is scored without motion (paired with itself, as a camera's first frame always was) when no
 suitable earlier frame is known:
 
-- `first`: no earlier frame of the camera in this instance (start, rebalance, or the previous frame
-  was dropped as stale or dead-lettered here: the one before it is two intervals back);
+- `first`: no earlier frame of the camera in this instance (start, rebalance, or, by default, the
+  previous frame was dropped as stale or dead-lettered here: the one before it is two intervals back);
 - `gap`: no earlier frame captured at the right distance: by default, the previous frame was captured
-  more than `max_gap_seconds` before (a camera back after an outage; frames out of order by as much).
+  more than `max_gap_seconds` before (a camera back after an outage; frames out of order by as much);
+  with `interval_seconds`, none within half an interval of one interval back.
 
 By default a frame is paired with the camera's previous frame, which suits cameras that deliver the
 training footage's frame rate. With `interval_seconds` (1 / that rate) each frame is paired with the

@@ -527,8 +527,8 @@ class MonitorService:
 
     def _intake(self, records: list[Any]) -> list[Frame]:
         """Parse (bad records to the DLQ), drop stale frames in live mode, decode in the pool, and pair
-        each frame with its camera's previous one for motion (`monitor.pairing`: a frame skipped here
-        leaves the next without a predecessor)."""
+        each frame with an earlier one of its camera for motion (`monitor.pairing`; a frame skipped
+        here is reported to it, so that the next is not paired across the skip)."""
         now = time.time()
         intake = self.cfg.intake
         parsed: list[tuple[Any, FrameRecord, bool]] = []  # in record order; False: dropped as stale
