@@ -12,7 +12,7 @@ from model.anomaly_map import smooth
 from model.daad import train as daad_train
 from model.daad.model import DAAD, Reconstruction
 from model.evaluation import evaluate_path
-from model.motion import drop_edges, edge_margin, lucas_kanade_speed
+from model.motion import drop_edges, edge_margin, lucas_kanade_speed, pyramid_speed
 from tests.conftest import assert_onnx_matches_torch, tiny_daad_config
 
 
@@ -186,11 +186,11 @@ def test_lk_motion_channel_and_speed_term_share_one_flow(monkeypatch: pytest.Mon
 
     def counted(*args: torch.Tensor | int) -> torch.Tensor:
         calls.append(1)
-        return lucas_kanade_speed(*args)  # type: ignore[arg-type]
+        return pyramid_speed(*args)  # type: ignore[arg-type]
 
     with torch.no_grad():
         torch.testing.assert_close(model.target(frames, model.speed_map(frames)), model.target(frames))
-        monkeypatch.setattr("model.daad.model.lucas_kanade_speed", counted)
+        monkeypatch.setattr("model.daad.model.pyramid_speed", counted)
         model(frames)
     assert len(calls) == 1
 
