@@ -425,9 +425,10 @@ def paired_stream(
         overrides: dict[str, Any] | None = None,
     ) -> _PairedStream:
         topics = service_topics(1)
-        cfg = service_config(
-            kafka_bootstrap, topics, tiny_artifact, **{"intake.mode": "live", **(overrides or {})}
-        )
+        # Live mode; frames count as stale after 30 s, not 2, so that a slow machine drops only the
+        # frame stamped a minute back.
+        live = {"intake.mode": "live", "intake.max_frame_age_seconds": 30}
+        cfg = service_config(kafka_bootstrap, topics, tiny_artifact, **{**live, **(overrides or {})})
         stale = sum(1 for _, dt in plan if dt < -cfg.intake.max_frame_age_seconds * 1e3)
         with ServiceThread(cfg) as running:
             running.start().wait_assigned()
