@@ -121,18 +121,20 @@ class ScoreReader(threading.Thread):
 class Service:
     """`anomon run` as a subprocess with its metrics endpoint on a known port."""
 
-    def __init__(self, config: dict[str, Any], work: Path) -> None:
+    def __init__(self, config: dict[str, Any], work: Path, repo: Path = REPO) -> None:
+        """`repo`: the source tree whose `monitor` package runs (e.g. a worktree of an older commit)."""
         self.port = _free_port()
         config = {**config, "http": {"port": self.port}}
         path = work / f"run-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = (work / f"{path.stem}.log").open("w")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(repo)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "run", "--config", str(path)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=repo,
         )
 
     def get(self, path: str) -> tuple[int, str]:
