@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from report import write_report
-from stream import REPO, Service
+from stream import REPO, Service, cli_export
 from tqdm import tqdm
 
 from monitor.broker import EmbeddedBroker
@@ -41,25 +39,6 @@ from monitor.wire import frame_headers
 RESULTS = Path(__file__).parent / "results"
 CHECKPOINT = REPO / "benchmarks" / "artifacts" / "anomem_ped2.safetensors"
 SCENARIOS = {"all frames": False, "every other frame stale": True}
-
-
-def export(tree: Path, out: Path) -> Path:
-    """The committed AnoMem exported to FP32 by `tree`'s own `anomon export` (artifacts carry the
-    exporting version's config fields, which an older service does not accept)."""
-    command = [
-        sys.executable,
-        "-m",
-        "monitor.cli",
-        "export",
-        "--checkpoint",
-        str(CHECKPOINT),
-        "--out",
-        str(out),
-    ]
-    subprocess.run(
-        [*command, "--precision", "fp32"], cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, check=True
-    )
-    return out
 
 
 def read_all(bootstrap: str, topic: str, count: int, timeout_s: float) -> list[dict[str, Any]]:
@@ -138,7 +117,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="anomon-overload-") as tmp:
         work = Path(tmp)
         artifacts = {
-            tree: export(tree.resolve(), work / f"anomem-fp32-{i}")
+            tree: cli_export(CHECKPOINT, work / f"anomem-fp32-{i}", tree.resolve())
             for i, tree in enumerate((args.before, REPO))
         }
         with EmbeddedBroker(log_path=work / "tansu.log") as broker:

@@ -34,6 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from stream import cli_export  # noqa: E402
+
 from monitor.broker import EmbeddedBroker, free_port  # noqa: E402
 from monitor.ingest import FramePublisher, encode_jpeg  # noqa: E402
 from monitor.kafka_client import KafkaSettings, ProducerSettings, create_topics, make_producer  # noqa: E402
@@ -522,21 +524,7 @@ def main() -> None:
 
     artifact = args.workdir / "export"
     if args.phase:  # exported afresh: a folder left by an earlier run may hold an older checkpoint
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "monitor.cli",
-                "export",
-                "--checkpoint",
-                str(CHECKPOINT),
-                "--out",
-                str(artifact),
-            ],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            check=True,
-        )
+        cli_export(CHECKPOINT, artifact)
     capacity = args.capacity_fps or data.get("capacity_fps")
 
     def save() -> None:

@@ -118,6 +118,24 @@ class ScoreReader(threading.Thread):
         return out
 
 
+def cli_export(checkpoint: Path, out: Path, tree: Path = REPO, precision: str = "fp32") -> Path:
+    """`anomon export` of the source tree `tree` (this one, or a worktree of another commit) in a
+    subprocess: an artifact carries its exporting version's config fields."""
+    command = [
+        sys.executable,
+        "-m",
+        "monitor.cli",
+        "export",
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([*command, "--precision", precision], cwd=tree, env=env, check=True)
+    return out
+
+
 class Service:
     """`anomon run` as a subprocess with its metrics endpoint on a known port."""
 
