@@ -81,9 +81,9 @@ def blob_window(speeds: list[np.ndarray]) -> tuple[tuple[int, int], dict[str, fl
 
 def speed_terms(model: AnoMem, speed: np.ndarray, window: tuple[int, int]) -> np.ndarray:
     """[T, 2] raw speed terms: v8's (top-k fastest cells) and the object window's."""
-    cells = _pool_motion(
-        torch.cat([torch.zeros_like(t := torch.from_numpy(speed)[:, None]), t], dim=1), model.map_size, "lk"
-    )[:, 1:]
+    field = torch.from_numpy(speed)[:, None]
+    motion = torch.cat([torch.zeros_like(field), field], dim=1)  # _pool_motion's [temporal, speed]
+    cells = _pool_motion(motion, model.map_size, "lk")[:, 1:]
     topk = cells.flatten(1).topk(model.cfg.motion_topk, dim=1).values.mean(dim=1)
     windowed = F.avg_pool2d(cells, window, stride=1).flatten(1).amax(dim=1)
     return torch.stack([topk, windowed], dim=1).numpy()
@@ -122,10 +122,7 @@ def analyse(checkpoint: str, data: str) -> dict[str, Any]:
 
     held = [terms(c) for c in holdout]
     area = np.concatenate([h[2] for h in held])
-    crowd = {
-        name: spearman(np.concatenate([h[1][:, i] for h in held]), area)
-        for i, name in enumerate(("top-k cells", "object window"))
-    }
+    crowd = [spearman(np.concatenate([h[1][:, i] for h in held]), area) for i in range(2)]
     clips = load_clips(data, cfg.input, split="test")
     test = [terms(c) for c in tqdm(clips, desc="test")]
     rows = []
@@ -138,7 +135,11 @@ def analyse(checkpoint: str, data: str) -> dict[str, Any]:
         smoothed = [live_scores(score(t), calibration, cfg.train.smoothing_frames) for t in test]
         result = frame_aurocs([c.labels for c in clips], smoothed)  # type: ignore[arg-type]
         rows.append(
-            {"checkpoint": checkpoint, "speed term": name, "crowd_rank_correlation": round(crowd[name.split(" (")[0]], 4)}
+            {
+                "checkpoint": checkpoint,
+                "speed term": name,
+                "crowd_rank_correlation": round(crowd[i], 4),
+            }
             | {k: round(result[k], 4) for k in METRICS}
         )
     return {"window_cells": window, "blobs": blobs, "rows": rows}
@@ -162,7 +163,10 @@ def main() -> int:
         "protocol": "MODELS.md on all 2010 Ped2 test frames (a test-set ablation, rule written before: "
         "benchmarks/README.md); calibration on the held-out clean training clips; crowd correlation: "
         "Spearman of the standardized speed term with the moving area on the held-out clips",
-        "windows": [{"checkpoint": c, "window_cells": r["window_cells"], **r["blobs"]} for c, r in zip(args.checkpoints, results, strict=True)],
+        "windows": [
+            {"checkpoint": c, "window_cells": r["window_cells"], **r["blobs"]}
+            for c, r in zip(args.checkpoints, results, strict=True)
+        ],
         "rows": rows,
     }
     write_report(
@@ -171,7 +175,12 @@ def main() -> int:
         "AnoMem: the speed term over the fastest cells or one object's window (Ped2 test set; an ablation)",
         ["checkpoint", "speed term", "crowd correlation", "causal micro", "paper micro", "macro"],
         [
-            [Path(r["checkpoint"]).name, r["speed term"], f"{r['crowd_rank_correlation']:.3f}", *(f"{r[k]:.4f}" for k in METRICS)]
+            [
+                Path(r["checkpoint"]).name,
+                r["speed term"],
+                f"{r['crowd_rank_correlation']:.3f}",
+                *(f"{r[k]:.4f}" for k in METRICS),
+            ]
             for r in rows
         ],
     )

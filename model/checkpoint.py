@@ -87,7 +87,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         raise CheckpointError(f"{path} has no anomon metadata: not a checkpoint written by anomon train")
     try:
         fields = json.loads(raw)
-        meta = CheckpointMeta.model_validate(fields)
+        meta = CheckpointMeta.model_validate(with_legacy_fields(fields))
     except ValueError as err:
         raise CheckpointError(f"{path}: metadata does not validate ({str(err).splitlines()[0]})") from None
     if meta.format != FORMAT:
@@ -108,6 +108,15 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         if _model_without(fields, name, "edge_motion"):
             meta = _with_model_fields(meta, edge_motion="keep")  # trained on motion up to the edges
     return tensors, meta
+
+
+def with_legacy_fields(fields: Any) -> Any:
+    """Checkpoint or artifact metadata with the settings added since it was written filled in as it was
+    trained, before validation (where a newer default would contradict its other settings)."""
+    if _anomem_without(fields, "motion_pooling"):
+        model = dict(fields["config"]["model"], motion_pooling="cells")  # v9's default: object
+        fields = {**fields, "config": {**fields["config"], "model": model}}
+    return fields
 
 
 def _model_without(fields: Any, name: str, key: str) -> bool:

@@ -140,7 +140,21 @@ class AnoMemConfig(_Strict):
         "frames: one per scale, then the motion term when the input has motion; None: equal",
     )
     motion_topk: int = Field(
-        16, ge=1, description="the motion term is the mean speed of the k fastest stride-8 cells"
+        16,
+        ge=1,
+        description="motion_pooling cells: the motion term is the mean speed of the k fastest stride-8 cells",
+    )
+    motion_pooling: Literal["cells", "object"] = Field(
+        "object",
+        description="the motion term: cells (the mean of the motion_topk fastest stride-8 cells anywhere in "
+        "the frame; before v9: a crowd's many limbs read fast) or object (the largest mean speed over one "
+        "object_window of cells; lk motion only)",
+    )
+    object_window: tuple[int, int] | None = Field(
+        None,
+        description="motion_pooling object: the window in stride-8 cells (high, wide); None: measured by "
+        "anomon train on the training frames (the median bounding box of connected moving regions) and "
+        "stored in the checkpoint",
     )
     standardize_terms: bool = Field(
         True,
@@ -161,12 +175,24 @@ class AnoMemConfig(_Strict):
             )
         return scales
 
+    @field_validator("object_window")
+    @classmethod
+    def _check_window(cls, window: tuple[int, int] | None) -> tuple[int, int] | None:
+        if window is not None and min(window) < 1:
+            raise ValueError("must be two cell counts >= 1 (high, wide), e.g. [4, 3], or null to measure it")
+        return window
+
     @model_validator(mode="after")
     def _check_lengths(self) -> AnoMemConfig:
+        if self.motion_pooling == "object" and self.motion_features != "lk":
+            raise ValueError(
+                f"motion_pooling: 'object' needs motion_features 'lk' (got {self.motion_features!r}); "
+                "for other motion features set model.motion_pooling: cells"
+            )
         if len(self.memories) != 3:
-            raise ValueError("memories must list 3 entries, one per encoder scale (unused ones are ignored)")
+            raise ValueError("memories: must list 3 entries, one per encoder scale (unused ones are ignored)")
         if self.scale_weights is not None and len(self.scale_weights) != len(self.scales):
-            raise ValueError("scale_weights must have one weight per entry of scales")
+            raise ValueError("scale_weights: must have one weight per entry of scales")
         return self
 
 
@@ -347,6 +373,20 @@ class ExperimentConfig(_Strict):
         return self
 
 
+def same_training(requested: ExperimentConfig, trained: ExperimentConfig) -> bool:
+    """Whether a checkpoint trained with `trained` is what `requested` asks for: equal, up to the
+    settings training measures itself where `requested` leaves them unset (model.object_window)."""
+    if (
+        isinstance(requested.model, AnoMemConfig)
+        and isinstance(trained.model, AnoMemConfig)
+        and requested.model.object_window is None
+    ):
+        trained = trained.model_copy(
+            update={"model": trained.model.model_copy(update={"object_window": None})}
+        )
+    return requested == trained
+
+
 def score_terms(model: AnoMemConfig, spec: InputSpec) -> int:
     """How many terms AnoMem's one-class score adds up: one per scale, plus motion if the input has it."""
     return len(model.scales) + (1 if spec.motion else 0)
@@ -360,10 +400,12 @@ def _error_line(err: ValidationError, source: str) -> str:
         del loc[1]
     if first["type"] == "model_name":
         loc = ["model", "name"]
-    if not loc and first["type"] == "value_error":
-        # Checks across sections (ExperimentConfig's validators) start their message with the field.
-        field, _, message = str(first["ctx"]["error"]).partition(": ")
-        return f"{source}: field '{field}': {message}"
+    if len(loc) <= 1 and first["type"] == "value_error":
+        # Checks across fields start their message with the field: "model.score_weights: ..." for
+        # ExperimentConfig's, "motion_pooling: ..." inside a section.
+        field, sep, message = str(first["ctx"]["error"]).partition(": ")
+        if sep and field.replace(".", "").replace("_", "").isalnum():
+            return f"{source}: field '{'.'.join([*map(str, loc), field])}': {message}"
     field = ".".join(str(p) for p in loc) or "(top level)"
     return f"{source}: field '{field}': {first['msg']}"
 

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.calibration import Calibration
-from model.checkpoint import CheckpointError, CheckpointMeta
+from model.checkpoint import CheckpointError, CheckpointMeta, with_legacy_fields
 from model.config import ExperimentConfig
 
 FORMAT = "anomon.artifact/1"
@@ -284,7 +284,7 @@ def load_artifact_meta(artifact_dir: str | Path, verify: bool = True) -> Artifac
     if not meta_path.is_file():
         raise ArtifactError(f"{root} is not an exported artifact: {META_FILE} not found (run anomon export)")
     try:
-        meta = ArtifactMeta.model_validate(json.loads(meta_path.read_text()))
+        meta = ArtifactMeta.model_validate(with_legacy_fields(json.loads(meta_path.read_text())))
     except ValueError as err:
         raise ArtifactError(f"{meta_path}: does not validate ({str(err).splitlines()[0]})") from None
     if meta.format != FORMAT:

@@ -19,7 +19,7 @@ from model.anomem import train as anomem_train
 from model.anomem.model import AnoMem
 from model.calibration import Calibration, calibrate
 from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from model.config import AnoMemConfig, ExperimentConfig
+from model.config import AnoMemConfig, ConfigError, ExperimentConfig, parse_config, same_training, set_dotted
 from model.daad import train as daad_train
 from model.daad.model import DAAD
 from model.data import Clip, load_clips, with_motion
@@ -124,6 +124,8 @@ def _fit_anomem(
     stage2_started = time.perf_counter()
     deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
     anomem_train.fit_deviation_stats(model, deviations)
+    if model.spec.motion and model.cfg.motion_pooling == "object" and model.cfg.object_window is None:
+        anomem_train.fit_object_window(model, inputs)
     anomem_train.fit_term_stats(model, inputs, deviations)
     stacked = anomem_train.stacked_maps(model, deviations)
     anomalous = None
@@ -193,7 +195,7 @@ def train(
     )
     if resume and Path(out).is_file():
         tensors, previous = load_checkpoint(out)
-        if previous.config != cfg or previous.data_fingerprint != meta.data_fingerprint:
+        if not same_training(cfg, previous.config) or previous.data_fingerprint != meta.data_fingerprint:
             raise ValueError(f"{out} was trained with another config or data; remove it or drop --resume")
         if previous.complete:
             tqdm.write(f"{out} is already complete; nothing to resume")
@@ -215,6 +217,7 @@ def train(
     state["seconds"] += time.perf_counter() - calibration_started
     meta = meta.model_copy(
         update={
+            "config": cfg.model_copy(update={"model": model.cfg}),  # with what training measured
             "calibration": calibration,
             "map_calibration": map_calibration,
             "complete": True,
@@ -243,3 +246,94 @@ def recalibrate(
     meta = meta.model_copy(update={"calibration": calibration, "map_calibration": map_calibration})
     save_checkpoint(out or checkpoint, model.state_dict(), meta)
     return calibration
+
+
+# The one-class score's settings: they decide the term statistics and the threshold, which training
+# fits after stage 1, and nothing the network learned.
+SCORE_FIELDS = (
+    "topk",
+    "topk_pooling",
+    "motion_topk",
+    "motion_pooling",
+    "object_window",
+    "score_weights",
+    "standardize_terms",
+)
+
+
+def refit_score(
+    checkpoint: str | Path,
+    data: str | Path,
+    overrides: dict[str, Any],
+    out: str | Path | None = None,
+    version: str | None = None,
+) -> CheckpointMeta:
+    """Refit an AnoMem checkpoint's one-class score under changed score settings, keeping its network.
+
+    What training does after stage 1 for the score, on the same split of the same footage: measure
+    `object_window` when the settings leave it unset, fit the term statistics on the training frames
+    and calibrate on the held-out clips (at the checkpoint's false-alarm rate). So a checkpoint
+    trained before a scoring change can be served with it, and compared with it, without retraining.
+
+    Args:
+        checkpoint: a finished AnoMem checkpoint.
+        data: the footage it was trained on (checked against its fingerprint).
+        overrides: dotted `model.*` score settings (SCORE_FIELDS), e.g. {"model.motion_pooling": "object"}.
+        out: where to write (default: in place).
+        version: the refitted model's version (default: the checkpoint's with "-refit").
+    """
+    tensors, meta = load_checkpoint(checkpoint)
+    if not isinstance(meta.config.model, AnoMemConfig):
+        raise ValueError(
+            f"{checkpoint}: refit changes AnoMem's one-class score; this is a {meta.name} checkpoint"
+        )
+    if not meta.complete:
+        raise ValueError(f"{checkpoint}: training did not finish; finish it with anomon train --resume")
+    allowed = {f"model.{name}" for name in SCORE_FIELDS}
+    for key in overrides:
+        if key not in allowed:
+            raise ConfigError(
+                f"--set {key}: refit changes only the score's settings ({', '.join(sorted(allowed))}); "
+                "anything else changes the network: train again with anomon train"
+            )
+    fields = meta.config.model_dump(mode="json")
+    if "model.object_window" not in overrides:
+        fields["model"]["object_window"] = None  # measured again, for these settings
+    for key, value in overrides.items():
+        set_dotted(fields, key, value)
+    cfg = parse_config(fields, "--set")
+    clips = load_clips(data, cfg.input, split="train")
+    if fingerprint(clips) != meta.data_fingerprint:
+        raise ValueError(
+            f"{data} is not the footage {checkpoint} was trained on (its fingerprint differs): "
+            "the score's statistics are fitted on the training frames"
+        )
+    fit_clips, holdout = split_holdout(clips, cfg.train.holdout_fraction)
+    model = build_model(cfg, load_pretrained=False)
+    model.load_state_dict(tensors, strict=True)
+    assert isinstance(model, AnoMem)
+    inputs = model_inputs(fit_clips, cfg)
+    if model.spec.motion and model.cfg.motion_pooling == "object" and model.cfg.object_window is None:
+        anomem_train.fit_object_window(model, inputs)
+    anomem_train.fit_term_stats(model, inputs, anomem_train.deviation_maps(model, inputs, desc="deviations"))
+    rate = meta.calibration.false_alarm_rate if meta.calibration else cfg.train.false_alarm_rate
+    calibration, map_calibration = calibrate_on(model, holdout or fit_clips, cfg, rate)
+    meta = meta.model_copy(
+        update={
+            "version": version or f"{meta.version}-refit",
+            "config": cfg.model_copy(update={"model": model.cfg}),
+            "calibration": calibration,
+            "map_calibration": map_calibration,
+            "training": {
+                **meta.training,
+                "refit": {
+                    "from_version": meta.version,
+                    "from_weights_sha256": meta.weights_sha256,
+                    "overrides": overrides,
+                    "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                },
+            },
+        }
+    )
+    save_checkpoint(out or checkpoint, model.state_dict(), meta)
+    return meta

@@ -80,6 +80,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refit(args: argparse.Namespace) -> int:
+    from model.pipeline import refit_score
+
+    overrides = _parse_overrides(args.set)
+    meta = refit_score(args.checkpoint, args.data, overrides, out=args.out, version=args.version)
+    assert meta.calibration is not None
+    print(
+        f"wrote {args.out or args.checkpoint}: {meta.name} {meta.version}, same network, score refitted; "
+        f"threshold {meta.calibration.threshold:.4f} at {meta.calibration.false_alarm_rate:.1%} false alarms"
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -323,6 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="write here instead of updating --checkpoint in place")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "refit",
+        help="refit an AnoMem checkpoint's one-class score under changed score settings, same network",
+        formatter_class=fmt,
+    )
+    p.add_argument("--checkpoint", required=True, help="a finished AnoMem checkpoint")
+    p.add_argument("--data", required=True, help="the normal footage it was trained on")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a score setting, e.g. model.motion_pooling=object (model.topk, topk_pooling, motion_topk, "
+        "motion_pooling, object_window, score_weights, standardize_terms)",
+    )
+    p.add_argument("--out", help="write here instead of updating --checkpoint in place")
+    p.add_argument("--version", help="the refitted model's version (default: the checkpoint's + '-refit')")
+    p.set_defaults(func=cmd_refit)
 
     p = sub.add_parser(
         "eval", help="AUROCs (MODELS.md protocol) and scoring speed on labelled clips", formatter_class=fmt

@@ -172,17 +172,37 @@ class AnoMem(nn.Module):
     def score_terms(self, standardized: list[torch.Tensor], motion: torch.Tensor | None) -> torch.Tensor:
         """The one-class score's terms [B, T]: the top-k mean of every standardized D_l (`topk_pooling`:
         k cells of every grid, or k cells of the stride-32 grid and the same area on the finer ones),
-        then, when the input has motion, the mean speed of the `motion_topk` fastest cells of the
-        stride-8 grid (for `diff` motion features, the largest per-cell maximum frame differences).
+        then, when the input has motion, the speed term (`motion_term`; for `diff` motion features,
+        the largest per-cell maximum frame differences).
 
         The deviations see motion only as two of many memory channels; the speed term says directly
         that something moves faster than anything in normal footage.
         """
         terms = [topk_mean(d, k) for d, k in zip(standardized, self.topk_cells, strict=True)]
         if motion is not None:
-            speed = _pool_motion(motion, self.map_size, self.cfg.motion_features)[:, 1:]
-            terms.append(topk_mean(speed, self.cfg.motion_topk))
+            terms.append(
+                self.motion_term(_pool_motion(motion, self.map_size, self.cfg.motion_features)[:, 1:])
+            )
         return torch.stack(terms, dim=1)
+
+    @property
+    def object_window(self) -> tuple[int, int]:
+        """The speed term's window in stride-8 cells (`object_window`, clipped to the grid); before
+        training has measured it, a square of about `motion_topk` cells."""
+        side = max(1, round(math.sqrt(self.cfg.motion_topk)))
+        h, w = self.cfg.object_window or (side, side)
+        return min(h, self.map_size[0]), min(w, self.map_size[1])
+
+    def motion_term(self, cells: torch.Tensor) -> torch.Tensor:
+        """The speed term [B] from the per-cell speeds [B, 1, h0, w0] (`motion_pooling`).
+
+        `cells`: the mean of the `motion_topk` fastest cells anywhere, which in a crowd are the
+        fastest limbs of many walkers; `object`: the largest mean over one `object_window`, the size
+        of one moving object, so many slow objects do not add up to a fast one.
+        """
+        if self.cfg.motion_pooling == "cells":
+            return topk_mean(cells, self.cfg.motion_topk)
+        return F.avg_pool2d(cells, self.object_window, stride=1).flatten(1).amax(dim=1)
 
     def oneclass_score(self, terms: torch.Tensor) -> torch.Tensor:
         """Weighted sum of the terms, each standardized by its mean and std over normal frames."""

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -164,6 +165,48 @@ def fit_deviation_stats(model: AnoMem, deviations: list[torch.Tensor]) -> None:
         m, s = model.dev_stats(i)
         m.copy_(mean.to(m.device))
         s.copy_(std.clamp(min=1e-6).to(s.device))
+
+
+MOVING_SPEED = 0.5  # px per frame: a pixel moving for object_window's measurement
+MIN_REGION = 16  # pixels: smaller moving regions are noise, not objects
+
+
+def moving_region_sizes(speed: np.ndarray) -> np.ndarray:
+    """Bounding-box (height, width) in pixels of each connected moving region of speed maps [N, H, W]."""
+    sizes = []
+    for frame in speed:
+        count, _, stats, _ = cv2.connectedComponentsWithStats((frame > MOVING_SPEED).astype(np.uint8))
+        regions = stats[1:count]
+        regions = regions[regions[:, cv2.CC_STAT_AREA] >= MIN_REGION]
+        sizes.append(regions[:, [cv2.CC_STAT_HEIGHT, cv2.CC_STAT_WIDTH]])
+    return np.concatenate(sizes) if sizes else np.zeros((0, 2), dtype=np.int32)
+
+
+@torch.no_grad()
+def fit_object_window(model: AnoMem, inputs: np.ndarray, batch_size: int = 64) -> tuple[int, int]:
+    """Measure `object_window` on normal frames and store it in the model's config.
+
+    The window of the speed term is the size of one moving object: the median bounding box of the
+    connected regions that move faster than 0.5 px per frame (at least 16 pixels), in stride-8 cells.
+    No labels: walkers in normal footage set it. With no moving region at all the config's square
+    fallback (`AnoMem.object_window`) stays.
+    """
+    model.eval()
+    device = _device(model)
+    sizes = []
+    for start in tqdm(range(0, len(inputs), batch_size), desc="object size", unit="batch", leave=False):
+        _, motion = model.split_input(torch.from_numpy(inputs[start : start + batch_size]).to(device))
+        assert motion is not None and model.cfg.motion_features == "lk"
+        sizes.append(moving_region_sizes(motion[:, 1].cpu().numpy()))
+    found = np.concatenate(sizes)
+    if len(found) == 0:
+        tqdm.write("no moving regions in the training frames: the speed term keeps its square window")
+        return model.object_window
+    height, width = np.median(found, axis=0) / 8
+    window = (max(1, round(float(height))), max(1, round(float(width))))
+    model.cfg = model.cfg.model_copy(update={"object_window": window})
+    tqdm.write(f"speed term window: {window[0]} x {window[1]} cells (median of {len(found)} moving regions)")
+    return window
 
 
 @torch.no_grad()

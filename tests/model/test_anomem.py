@@ -1,7 +1,14 @@
+import numpy as np
 import pytest
 import torch
 
-from model.anomem.train import deviation_maps, fit_deviation_stats, fit_term_stats
+from model.anomem.train import (
+    deviation_maps,
+    fit_deviation_stats,
+    fit_object_window,
+    fit_term_stats,
+    moving_region_sizes,
+)
 from model.config import ConfigError, parse_config
 from model.motion import edge_margin
 from model.pipeline import build_model
@@ -118,6 +125,54 @@ def test_area_pooling_takes_the_same_image_area_on_every_scale() -> None:
     torch.testing.assert_close(cells.score_terms(maps, None), torch.tensor([[1.0, 1.0, 0.5]]))
 
 
+def test_object_pooling_reads_one_object_however_many_walk() -> None:
+    """Walkers 2 x 1 cells at speed 1 and a cyclist 2 x 1 cells at speed 2 on a 4 x 6 grid."""
+    window = build_model(tiny_config(object_window=[2, 1])).eval()
+    cells = build_model(tiny_config(motion_pooling="cells")).eval()  # motion_topk 16 of 24 cells
+    walkers = torch.zeros(4, 1, 4, 6)
+    for n in range(3):
+        walkers[n:, :, 0:2, 2 * n] = 1.0  # frame n holds n + 1 walkers; frame 3 three walkers
+    cyclist = torch.zeros(1, 1, 4, 6)
+    cyclist[..., 2:4, 3] = 2.0
+    field = torch.cat([walkers[:3], cyclist])  # one, two, three walkers; the cyclist alone
+    torch.testing.assert_close(window.motion_term(field), torch.tensor([1.0, 1.0, 1.0, 2.0]))
+    torch.testing.assert_close(cells.motion_term(field), torch.tensor([2, 4, 6, 4]) / 16)
+    # With cells three walkers outscore the cyclist; one object's window ranks the cyclist first.
+
+
+def test_object_window_defaults_to_a_square_of_motion_topk_cells_within_the_grid() -> None:
+    assert build_model(tiny_config()).eval().object_window == (4, 4)  # 16 cells; grid 4 x 6
+    assert build_model(tiny_config(motion_topk=64)).eval().object_window == (4, 6)  # clipped
+    assert build_model(tiny_config(object_window=[3, 2])).eval().object_window == (3, 2)
+
+
+def test_moving_region_sizes_are_bounding_boxes_of_regions_of_16_pixels_or_more() -> None:
+    speed = np.zeros((2, 60, 90), np.float32)
+    speed[0, 5:15, 10:16] = 1.0  # 10 x 6
+    speed[0, 30:33, 40:43] = 3.0  # 9 pixels: noise
+    speed[1, 20:50, 30:50] = 0.8  # 30 x 20
+    speed[1, 0:4, 0:8] = 0.4  # slower than 0.5 px per frame: not moving
+    np.testing.assert_array_equal(moving_region_sizes(speed), [[10, 6], [30, 20]])
+
+
+def test_object_window_is_measured_on_moving_objects_and_stored_in_the_config() -> None:
+    """A textured 24 x 16 px block moving 1 px a frame: the window covers it and the flow's spread."""
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"input": cfg.input.model_copy(update={"height": 96, "width": 144})})
+    model = build_model(cfg).eval()
+    texture = np.random.default_rng(0).integers(0, 256, (24, 16), dtype=np.uint8)
+    frames = np.full((12, 1, 96, 144), 100, np.uint8)
+    for t in range(12):
+        frames[t, 0, 36:60, 30 + t : 46 + t] = texture
+    inputs = np.concatenate([frames[1:], frames[:-1]], axis=1)
+    window = fit_object_window(model, inputs)
+    assert model.cfg.object_window == window == model.object_window
+    assert 3 <= window[0] <= 5 and 2 <= window[1] <= 4 and window[0] > window[1]
+    still = build_model(cfg).eval()
+    assert fit_object_window(still, np.concatenate([frames, frames], axis=1)) == (4, 4)  # nothing moves
+    assert still.cfg.object_window is None
+
+
 def test_term_statistics_standardize_normal_frames() -> None:
     model = build_model(tiny_config()).eval()
     inputs = torch.randint(0, 256, (40, 2, 32, 48), dtype=torch.uint8).numpy()
@@ -153,6 +208,7 @@ def test_detector_scores_drive_the_output_when_chosen() -> None:
         ("train", "epochs", 0),
         ("input", "height", 8),
         ("model", "encoder", "vgg"),
+        ("model", "object_window", [0, 3]),
     ],
 )
 def test_bad_config_names_the_field(section: str, field: str, value: object) -> None:
@@ -160,3 +216,11 @@ def test_bad_config_names_the_field(section: str, field: str, value: object) -> 
     data[section][field] = value
     with pytest.raises(ConfigError, match=f"{section}.{field}"):
         parse_config(data, "cfg.yaml")
+
+
+def test_object_pooling_needs_the_lucas_kanade_speed() -> None:
+    with pytest.raises(
+        ConfigError, match=r"field 'model\.motion_pooling': 'object' needs motion_features 'lk'.*cells"
+    ):
+        tiny_config(motion_features="flow")
+    assert tiny_config(motion_features="flow", motion_pooling="cells").model.motion_pooling == "cells"

@@ -117,6 +117,29 @@ def test_anomem_checkpoint_from_before_area_pooling_pools_cells_as_it_did(tmp_pa
     assert not torch.allclose(score, new_score)  # topk 1 per grid vs 16 / 4 / 1 cells
 
 
+@pytest.mark.parametrize("motion_features", ["lk", "flow"])
+def test_anomem_checkpoint_from_before_object_pooling_keeps_the_fastest_cells(
+    tmp_path: Path, motion_features: str
+) -> None:
+    """A v8 checkpoint (no motion_pooling) scores its speed term over the fastest cells, also with
+    normal-flow motion, which the new default (object, lk only) would refuse."""
+    cfg = tiny_config(motion_features=motion_features, motion_pooling="cells")
+    model = build_model(cfg).eval()
+    path = tmp_path / "v8.safetensors"
+    _write_older(path, model, "anomem", cfg, ("motion_pooling", "object_window"))
+
+    restored, meta = load_model(path)
+    assert meta.config.model.motion_pooling == "cells"  # type: ignore[union-attr]
+    texture = torch.randint(0, 256, (3, 1, 32, 48), dtype=torch.uint8)
+    frames = torch.cat([texture, torch.roll(texture, 3, dims=3)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(frames)[0], model(frames)[0])
+        if motion_features == "lk":
+            new = build_model(tiny_config(object_window=[2, 1])).eval()
+            new.load_state_dict(model.state_dict())
+            assert not torch.allclose(new(frames)[0], model(frames)[0])  # what the upgrade keeps apart
+
+
 def test_daad_checkpoint_from_before_latent_stats_keeps_raw_latent_cells(tmp_path: Path) -> None:
     """A DAAD checkpoint without `latent_stats` (nor its buffers) loads and scores as before."""
     cfg = tiny_daad_config(latent_stats="frame")

@@ -1,6 +1,7 @@
 """Export: the artifact's files and metadata, precision variants, and parity with PyTorch."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,21 @@ def test_artifact_holds_graph_metadata_and_checkpoint(
     embedded = json.loads({p.key: p.value for p in graph.metadata_props}["anomon"])
     assert embedded["version"] == ckpt.version
     assert embedded["calibration"]["threshold"] == ckpt.calibration.threshold
+
+
+def test_artifact_from_before_object_pooling_reads_as_the_fastest_cells(
+    exported: dict[str, Path], tmp_path: Path
+) -> None:
+    """model.json of an artifact exported before motion_pooling describes the speed term it was
+    exported with (cells), not today's default."""
+    root = tmp_path / "older"
+    shutil.copytree(exported["fp32"], root)
+    fields = json.loads((root / "model.json").read_text())
+    for key in ("motion_pooling", "object_window"):
+        del fields["config"]["model"][key]
+    (root / "model.json").write_text(json.dumps(fields))
+    assert load_artifact_meta(root).config.model.motion_pooling == "cells"  # type: ignore[union-attr]
+    assert load_artifact_meta(exported["fp32"]).config.model.motion_pooling == "object"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("batch", [1, 5])

@@ -1,7 +1,9 @@
 """Training pipeline behaviours beyond the CLI smoke test: resume, the unbalanced classifier."""
 
+import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from model import pipeline
 from model.anomem import train as anomem_train
 from model.checkpoint import load_checkpoint
+from model.config import ConfigError
 from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
 from tests.conftest import tiny_config
 
@@ -38,6 +41,64 @@ def test_resume_refuses_a_checkpoint_of_another_config(ped2_like: Path, tmp_path
     pipeline.train(ped2_like, out, tiny_config())
     with pytest.raises(ValueError, match="another config"):
         pipeline.train(ped2_like, out, tiny_config(topk=2), resume=True)
+
+
+def test_training_stores_the_measured_object_window_and_resume_accepts_it(
+    ped2_like: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run.safetensors"
+    shutil.copyfile(tiny_checkpoint, out)
+    _, meta = load_checkpoint(out)
+    window = meta.config.model.object_window  # type: ignore[union-attr]
+    assert window is not None and tiny_config().model.object_window is None
+    again = pipeline.train(ped2_like, out, tiny_config(), resume=True)  # finished: nothing to do
+    assert again.config == meta.config
+    with pytest.raises(ValueError, match="another config"):
+        pipeline.train(ped2_like, out, tiny_config(object_window=[window[0] + 1, window[1]]), resume=True)
+
+
+def test_refit_changes_only_the_score_and_refitting_back_reproduces_training(
+    ped2_like: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    base_tensors, base = load_checkpoint(tiny_checkpoint)
+    cells = tmp_path / "cells.safetensors"
+    pipeline.refit_score(tiny_checkpoint, ped2_like, {"model.motion_pooling": "cells"}, out=cells)
+    tensors, meta = load_checkpoint(cells)
+    assert meta.config.model.motion_pooling == "cells"  # type: ignore[union-attr]
+    assert meta.version == f"{base.version}-refit"
+    assert meta.training["refit"]["from_weights_sha256"] == base.weights_sha256
+    assert [k for k in tensors if not torch.equal(tensors[k], base_tensors[k])] == ["term_stats"]
+    assert meta.calibration is not None and base.calibration is not None
+    assert meta.calibration.threshold != pytest.approx(base.calibration.threshold)
+
+    back = tmp_path / "back.safetensors"
+    pipeline.refit_score(cells, ped2_like, {"model.motion_pooling": "object"}, out=back, version="v9")
+    tensors, meta = load_checkpoint(back)
+    assert meta.version == "v9" and meta.config == base.config  # the window measured again alike
+    torch.testing.assert_close(tensors["term_stats"], base_tensors["term_stats"])
+    assert meta.calibration is not None
+    assert meta.calibration.threshold == pytest.approx(base.calibration.threshold, rel=1e-4, abs=1e-4)
+
+
+def test_refit_refuses_network_settings_other_footage_and_daad(
+    ped2_like: Path, tiny_checkpoint: Path, tiny_daad_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "x.safetensors"
+    with pytest.raises(
+        ConfigError, match=r"--set model\.proj_dim: refit changes only the score.*anomon train"
+    ):
+        pipeline.refit_score(tiny_checkpoint, ped2_like, {"model.proj_dim": 8}, out=out)
+    with pytest.raises(ConfigError, match=r"model\.object_window"):
+        pipeline.refit_score(tiny_checkpoint, ped2_like, {"model.object_window": [0, 2]}, out=out)
+    other = tmp_path / "other"
+    shutil.copytree(ped2_like, other)
+    frame = next((other / "train" / "01").iterdir())
+    cv2.imwrite(str(frame), 255 - cv2.imread(str(frame), cv2.IMREAD_GRAYSCALE))
+    with pytest.raises(ValueError, match=r"not the footage .* was trained on"):
+        pipeline.refit_score(tiny_checkpoint, other, {"model.motion_pooling": "cells"}, out=out)
+    with pytest.raises(ValueError, match="this is a daad checkpoint"):
+        pipeline.refit_score(tiny_daad_checkpoint, ped2_like, {}, out=out)
+    assert not out.exists()
 
 
 def test_unbalanced_setting_trains_a_classifier_on_labelled_anomalies(

@@ -99,7 +99,7 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "calibrate", "eval", "export", "bench", "ingest", "replay", "run", "demo"]
+    "command", ["train", "calibrate", "refit", "eval", "export", "bench", "ingest", "replay", "run", "demo"]
 )
 def test_every_command_has_help_with_defaults(command: str) -> None:
     done = _anomon(command, "--help")
@@ -139,3 +139,15 @@ def test_daad_trains_calibrates_and_evaluates_through_the_same_commands(
     assert main(["eval", "--checkpoint", str(recal), "--data", str(ped2_like), "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     assert result["model"] == "daad" and result["frames"] == 48 and 0.0 <= result["auroc_causal_micro"] <= 1.0
+
+
+def test_refit_writes_the_rescored_checkpoint_and_refuses_network_settings_in_one_line(
+    trained: Path, ped2_like: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cells.safetensors"
+    args = ["refit", "--checkpoint", str(trained), "--data", str(ped2_like), "--out", str(out)]
+    assert main([*args, "--set", "model.motion_pooling=cells"]) == 0
+    assert load_checkpoint(out)[1].config.model.motion_pooling == "cells"  # type: ignore[union-attr]
+    done = _anomon(*args, "--set", "model.slots=4")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "model.slots" in done.stderr and "anomon train" in done.stderr and "Traceback" not in done.stderr
