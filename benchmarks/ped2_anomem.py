@@ -22,7 +22,7 @@ import torch
 from report import environment, write_results
 
 from model.checkpoint import load_checkpoint
-from model.config import load_config
+from model.config import load_config, same_training
 from model.data import Clip, load_clips
 from model.evaluation import evaluate_path
 from model.pipeline import build_model, calibrate_on, load_model, split_holdout, train
@@ -43,21 +43,27 @@ def scale_sum(scales: int = 3, motion: bool = True) -> dict[str, Any]:
     }
 
 
-# Every row below the default was trained before motion near the frame's edges was dropped, so it
-# keeps that motion (`edge_motion: keep`, what its checkpoint loads with).
-KEPT = {"model.edge_motion": "keep"}
+# Every row below the default was trained before the speed term read one object's window, so it
+# keeps the fastest cells (`motion_pooling: cells`, what its checkpoint loads with).
+CELLS = {"model.motion_pooling": "cells"}
+# Every row below v8 was trained before motion near the frame's edges was dropped, so it keeps that
+# motion (`edge_motion: keep`, what its checkpoint loads with).
+KEPT = {"model.edge_motion": "keep", **CELLS}
 # The rows below the v5 row were trained when motion was the normal-flow speed (`flow`) and the score
 # the plain sum of the scales, so they keep both: they compare encoders, scales and motion with one
 # another under that score.
 FLOW = {"model.motion_features": "flow", **scale_sum(), **KEPT}
 FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None, **FLOW}
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Defaults (v8): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
+    # Defaults (v9): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
     # as the Lucas-Kanade optical-flow speed, dropped within the flow window's reach of the frame's
-    # edges; the one-class score (v7's) adds the 3 scales' terms (each the top-k mean over the same
-    # image area) and a speed term, each standardized over the normal training frames, with equal
-    # weights.
+    # edges; the one-class score adds the 3 scales' terms (each the top-k mean over the same image
+    # area) and a speed term (the largest mean speed over one object-sized window, measured on the
+    # training frames), each standardized over the normal training frames, with equal weights.
+    # Its checkpoint is v8's network with the score refitted (`anomon refit`, benchmarks/README).
     "anomem-default": {},
+    # v8: the same network, the speed term the mean of the 16 fastest cells anywhere.
+    "v8-speed-cells": CELLS,
     # v7: the same with motion kept up to the edges.
     "v7-edge-motion-kept": KEPT,
     # v6: v7's network and score, each scale's term the top-8 cells of its own grid.
@@ -113,7 +119,7 @@ def run_variant(name: str, overrides: dict[str, Any], data: str, workdir: Path) 
     cfg = load_config(None, overrides)
     started = time.perf_counter()
     model, meta = load_model(ckpt) if ckpt.is_file() else (None, None)
-    if model is None or meta is None or not meta.complete or meta.config != cfg:
+    if model is None or meta is None or not meta.complete or not same_training(cfg, meta.config):
         train(data, ckpt, cfg, version=f"ped2-{name}")
         model, meta = load_model(ckpt)
     train_seconds = time.perf_counter() - started
