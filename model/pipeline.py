@@ -124,9 +124,7 @@ def _fit_anomem(
     stage2_started = time.perf_counter()
     deviations = anomem_train.deviation_maps(model, inputs, desc="stage 2 statistics")
     anomem_train.fit_deviation_stats(model, deviations)
-    if model.spec.motion and model.cfg.motion_pooling == "object" and model.cfg.object_window is None:
-        anomem_train.fit_object_window(model, inputs)
-    anomem_train.fit_term_stats(model, inputs, deviations)
+    anomem_train.fit_score(model, inputs, deviations)
     stacked = anomem_train.stacked_maps(model, deviations)
     anomalous = None
     if anomalies is not None:
@@ -297,8 +295,6 @@ def refit_score(
                 "anything else changes the network: train again with anomon train"
             )
     fields = meta.config.model_dump(mode="json")
-    if "model.object_window" not in overrides:
-        fields["model"]["object_window"] = None  # measured again, for these settings
     for key, value in overrides.items():
         set_dotted(fields, key, value)
     cfg = parse_config(fields, "--set")
@@ -313,9 +309,7 @@ def refit_score(
     model.load_state_dict(tensors, strict=True)
     assert isinstance(model, AnoMem)
     inputs = model_inputs(fit_clips, cfg)
-    if model.spec.motion and model.cfg.motion_pooling == "object" and model.cfg.object_window is None:
-        anomem_train.fit_object_window(model, inputs)
-    anomem_train.fit_term_stats(model, inputs, anomem_train.deviation_maps(model, inputs, desc="deviations"))
+    anomem_train.fit_score(model, inputs, anomem_train.deviation_maps(model, inputs, desc="deviations"))
     rate = meta.calibration.false_alarm_rate if meta.calibration else cfg.train.false_alarm_rate
     calibration, map_calibration = calibrate_on(model, holdout or fit_clips, cfg, rate)
     meta = meta.model_copy(

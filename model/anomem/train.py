@@ -209,6 +209,14 @@ def fit_object_window(model: AnoMem, inputs: np.ndarray, batch_size: int = 64) -
     return window
 
 
+def fit_score(model: AnoMem, inputs: np.ndarray, deviations: list[torch.Tensor]) -> None:
+    """What the one-class score fits on normal frames once the deviation statistics are set: the speed
+    term's window (when the config leaves it unset) and the term statistics."""
+    if model.spec.motion and model.cfg.motion_pooling == "object" and model.cfg.object_window is None:
+        fit_object_window(model, inputs)
+    fit_term_stats(model, inputs, deviations)
+
+
 @torch.no_grad()
 def fit_term_stats(
     model: AnoMem, inputs: np.ndarray, deviations: list[torch.Tensor], batch_size: int = 64

@@ -74,7 +74,7 @@ def test_refit_changes_only_the_score_and_refitting_back_reproduces_training(
     back = tmp_path / "back.safetensors"
     pipeline.refit_score(cells, ped2_like, {"model.motion_pooling": "object"}, out=back, version="v9")
     tensors, meta = load_checkpoint(back)
-    assert meta.version == "v9" and meta.config == base.config  # the window measured again alike
+    assert meta.version == "v9" and meta.config == base.config  # the measured window kept throughout
     torch.testing.assert_close(tensors["term_stats"], base_tensors["term_stats"])
     assert meta.calibration is not None
     assert meta.calibration.threshold == pytest.approx(base.calibration.threshold, rel=1e-4, abs=1e-4)
