@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,22 +146,31 @@ def analyse(checkpoint: str, data: str) -> dict[str, Any]:
     return {"window_cells": window, "blobs": blobs, "rows": rows}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoints", nargs="+", help="AnoMem checkpoints (lk motion, equal score weights)")
+def run(
+    doc: str,
+    analyse: Callable[[str, str], dict[str, Any]],
+    model: str,
+    script: str,
+    kind: str,
+) -> int:
+    """The command line of an object-window comparison: `analyse` each checkpoint, write one report.
+
+    `model` names the model in the title ("AnoMem"), `script` the file under benchmarks/, `kind`
+    what the test-set run is ("an ablation", "a diagnostic").
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", help=f"{model} checkpoints")
     parser.add_argument("--data", default="../shared/data/ucsd_ped2", help="Ped2 root")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--out", default=str(RESULTS / "anomem_object_speed.json"))
+    parser.add_argument("--out", default=str(RESULTS / f"{Path(script).stem}.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = [analyse(c, args.data) for c in args.checkpoints]
     rows = [r for res in results for r in res["rows"]]
     report = {
         **environment(),
-        "command": " ".join(["python", "benchmarks/anomem_object_speed.py", *sys.argv[1:]]),
-        "protocol": "MODELS.md on all 2010 Ped2 test frames (a test-set ablation, rule written before: "
+        "command": " ".join(["python", f"benchmarks/{script}", *sys.argv[1:]]),
+        "protocol": f"MODELS.md on all 2010 Ped2 test frames ({kind} on the test set, rule written before: "
         "benchmarks/README.md); calibration on the held-out clean training clips; crowd correlation: "
         "Spearman of the standardized speed term with the moving area on the held-out clips",
         "windows": [
@@ -172,7 +182,7 @@ def main() -> int:
     write_report(
         args.out,
         report,
-        "AnoMem: the speed term over the fastest cells or one object's window (Ped2 test set; an ablation)",
+        f"{model}: the speed term over the fastest cells or one object's window (Ped2 test set; {kind})",
         ["checkpoint", "speed term", "crowd correlation", "causal micro", "paper micro", "macro"],
         [
             [
@@ -188,4 +198,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(__doc__ or "", analyse, "AnoMem", "anomem_object_speed.py", "an ablation"))

@@ -16,7 +16,6 @@ speed, the checkpoint's weights) is calibrated on the held-out clean training cl
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from anomem_object_speed import MOVING, spearman
-from report import environment, write_report
+from anomem_object_speed import METRICS, MOVING, run, spearman
 from tqdm import tqdm
 
 from model.anomaly_map import topk_mean
@@ -37,8 +35,6 @@ from model.evaluation import live_scores
 from model.metrics import frame_aurocs
 from model.pipeline import load_model, split_holdout
 
-RESULTS = Path(__file__).parent / "results"
-METRICS = ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro")
 VARIANTS = ("top-k cells (as trained)", "object window")
 
 
@@ -118,47 +114,5 @@ def analyse(checkpoint: str, data: str) -> dict[str, Any]:
     return {"window_cells": window, "blobs": blobs, "rows": rows}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("checkpoints", nargs="+", help="DAAD checkpoints with a speed term")
-    parser.add_argument("--data", default="../shared/data/ucsd_ped2", help="Ped2 root")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--out", default=str(RESULTS / "daad_object_speed.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    results = [analyse(c, args.data) for c in args.checkpoints]
-    rows = [r for res in results for r in res["rows"]]
-    report = {
-        **environment(),
-        "command": " ".join(["python", "benchmarks/daad_object_speed.py", *sys.argv[1:]]),
-        "protocol": "MODELS.md on all 2010 Ped2 test frames (a test-set diagnostic, rule written before: "
-        "benchmarks/README.md); calibration on the held-out clean training clips; crowd correlation: "
-        "Spearman of the standardized speed term with the moving area on the held-out clips",
-        "windows": [
-            {"checkpoint": c, "window_cells": r["window_cells"], **r["blobs"]}
-            for c, r in zip(args.checkpoints, results, strict=True)
-        ],
-        "rows": rows,
-    }
-    write_report(
-        args.out,
-        report,
-        "DAAD: the speed term over the fastest cells or one object's window (Ped2 test set; a diagnostic)",
-        ["checkpoint", "speed term", "crowd correlation", "causal micro", "paper micro", "macro"],
-        [
-            [
-                Path(r["checkpoint"]).name,
-                r["speed term"],
-                f"{r['crowd_rank_correlation']:.3f}",
-                *(f"{r[k]:.4f}" for k in METRICS),
-            ]
-            for r in rows
-        ],
-    )
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(__doc__ or "", analyse, "DAAD", "daad_object_speed.py", "a diagnostic"))
