@@ -1,7 +1,7 @@
 """AnoMem's speed term read over one object's window instead of the fastest cells anywhere.
 
 Written down before the test set was scored (benchmarks/README.md, "Tried on v8, 2026-11-24
-08:05"). v8's speed term is the mean Lucas-Kanade speed of the 16 fastest 8x8-pixel cells wherever
+08:03"). v8's speed term is the mean Lucas-Kanade speed of the 16 fastest 8x8-pixel cells wherever
 they lie. In a crowd those 16 cells are the fastest limbs of many walkers, so the term grows with
 the number of people, and the crowded normal clips of Ped2's test set outscore anomalies. The
 variant, `object window`, is the largest mean speed over a window the size of one typical moving
