@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -40,6 +39,7 @@ from report import environment, write_report
 from tqdm import tqdm
 
 from model.anomem.model import AnoMem, _pool_motion
+from model.anomem.train import MOVING_SPEED, moving_region_sizes
 from model.calibration import calibrate
 from model.data import Clip, load_clips, with_motion
 from model.evaluation import live_scores
@@ -48,8 +48,6 @@ from model.pipeline import load_model, split_holdout
 
 RESULTS = Path(__file__).parent / "results"
 METRICS = ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro")
-MOVING = 0.5  # px per frame
-MIN_BLOB = 16  # pixels
 
 
 @torch.no_grad()
@@ -65,19 +63,12 @@ def speed_maps(model: AnoMem, clip: Clip, batch: int = 64) -> np.ndarray:
 
 
 def blob_window(speeds: list[np.ndarray]) -> tuple[tuple[int, int], dict[str, float]]:
-    """The window (cells high, cells wide) of the median moving region's bounding box."""
-    heights, widths = [], []
-    for clip in speeds:
-        for frame in clip:
-            mask = (frame > MOVING).astype(np.uint8)
-            n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-            for i in range(1, n):
-                if stats[i, cv2.CC_STAT_AREA] >= MIN_BLOB:
-                    heights.append(stats[i, cv2.CC_STAT_HEIGHT])
-                    widths.append(stats[i, cv2.CC_STAT_WIDTH])
-    h, w = float(np.median(heights)), float(np.median(widths))
+    """The window (cells high, cells wide) of the median moving region's bounding box, measured as
+    training measures it (`model.anomem.train.moving_region_sizes`)."""
+    sizes = np.concatenate([moving_region_sizes(clip) for clip in speeds])
+    h, w = (float(v) for v in np.median(sizes, axis=0))
     window = (max(1, round(h / 8)), max(1, round(w / 8)))
-    return window, {"blobs": len(heights), "median_height_px": h, "median_width_px": w}
+    return window, {"blobs": len(sizes), "median_height_px": h, "median_width_px": w}
 
 
 def speed_terms(model: AnoMem, speed: np.ndarray, window: tuple[int, int]) -> np.ndarray:
@@ -91,7 +82,7 @@ def speed_terms(model: AnoMem, speed: np.ndarray, window: tuple[int, int]) -> np
 
 
 def moving_area(speed: np.ndarray) -> np.ndarray:
-    return (speed > MOVING).mean(axis=(1, 2))
+    return (speed > MOVING_SPEED).mean(axis=(1, 2))
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from anomem_object_speed import METRICS, MOVING, run, spearman
+from anomem_object_speed import METRICS, run, spearman
 from tqdm import tqdm
 
 from model.anomaly_map import topk_mean
-from model.anomem.train import moving_region_sizes
+from model.anomem.train import MOVING_SPEED, moving_region_sizes
 from model.calibration import calibrate
 from model.daad.model import DAAD
 from model.data import Clip, load_clips, with_motion
@@ -52,7 +52,7 @@ def clip_terms(model: DAAD, clip: Clip) -> dict[str, np.ndarray]:
         speed_map = model.speed_map(frames)
         base.append(score.numpy())
         cells.append(model.speed_cells(speed_map))
-        area.append((speed_map[:, 0] > MOVING).float().mean(dim=(1, 2)).numpy())
+        area.append((speed_map[:, 0] > MOVING_SPEED).float().mean(dim=(1, 2)).numpy())
         sizes.append(moving_region_sizes(speed_map[:, 0].numpy()))
     return {
         "base": np.concatenate(base),
