@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from results_io import RESULTS, run_record
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,7 +297,10 @@ def merge(paths: list[Path], json_path: Path, md_path: Path) -> None:
     by_class = {r["class"]: r for p in parts for r in p["classes"]}
     merged = dict(base)
     merged["classes"] = list(by_class.values())
-    merged["runs"] = [{k: p.get(k) for k in ("command", "wall_seconds", "device_name")} for p in parts]
+    merged.update(run_record())
+    merged["runs"] = [
+        {k: p.get(k) for k in ("command", "date", "wall_seconds", "device_name")} for p in parts
+    ]
     merged["wall_seconds"] = sum(p.get("wall_seconds", 0.0) for p in parts)
     write_outputs(merged, json_path, md_path)
     print(markdown(merged))
@@ -335,12 +339,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-train", type=int, default=None, help="use only N training images (quick checks)")
     p.add_argument("--limit-test", type=int, default=None, help="score only N test images (quick checks)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument(
-        "--json", type=Path, default=ROOT / "benchmarks/results/cifar10_oneclass.json", help="results JSON"
-    )
-    p.add_argument(
-        "--md", type=Path, default=ROOT / "benchmarks/results/cifar10_oneclass.md", help="markdown table"
-    )
+    p.add_argument("--json", type=Path, default=RESULTS / "cifar10_oneclass.json", help="results JSON")
+    p.add_argument("--md", type=Path, default=RESULTS / "cifar10_oneclass.md", help="markdown table")
     return p.parse_args(argv)
 
 
@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "benchmark": "CIFAR-10 one-class (train on one class's 5000 training images; "
         "score the 10000 test images; label = class != normal class)",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **run_record(),
         "device": str(device),
         "device_name": device_name,
         "torch": torch.__version__,

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from report import environment, write_report
+from results_io import environment, write_report
 from tqdm import tqdm
 
 from model.motion import pyramid_speed, sobel_kernels
@@ -123,7 +123,6 @@ def main() -> int:
     }
     report = {
         **environment(),
-        "command": " ".join(["python", "benchmarks/lk_range.py", *sys.argv[1:]]),
         "known_shifts": shifts,
         "ped2_farneback_px_per_frame": ped2,
     }

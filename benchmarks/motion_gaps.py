@@ -18,17 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from report import environment, write_report
+from results_io import ANOMEM_ARTIFACT, DAAD_ARTIFACT, environment, write_report
 from tqdm import tqdm
 
 from model.data import load_clips
 from model.pipeline import load_model, score_inputs, split_holdout
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = [
-    ROOT / "benchmarks/artifacts/anomem_ped2.safetensors",
-    ROOT / "benchmarks/artifacts/daad_ped2.safetensors",
-]
+CHECKPOINTS = [ANOMEM_ARTIFACT, DAAD_ARTIFACT]
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -75,8 +71,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rows = [row for c in args.checkpoints for row in measure(Path(c), args.data, args.gaps)]
     report = {
-        **environment(),
-        "command": " ".join(["python", "benchmarks/motion_gaps.py", *sys.argv[1:]]),
+        **environment(*args.checkpoints),
         "protocol": "held-out normal training clips of each checkpoint; frame t paired with frame t - gap "
         "(0: itself); share of frames with normalized score > 0.5 (threshold calibrated at gap 1 for 1 % "
         "false alarms) and mean normalized score",

@@ -2,7 +2,7 @@
 
 Writes benchmarks/results/ped2_anomem.json and ped2_anomem.md. Every variant is trained on Ped2's
 train/ split only and evaluated on all 2010 test frames with the protocol of MODELS.md. How each
-default was reached, including the choices informed by test-set diagnostics, is in benchmarks/README.
+default was reached, including the choices informed by test-set diagnostics, is in docs/experiments.md.
 
     python benchmarks/ped2_anomem.py --data ../shared/data/ucsd_ped2 --threads 2
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from report import environment, write_results
+from results_io import ANOMEM_ARTIFACT, environment, write_results
 
 from model.checkpoint import load_checkpoint
 from model.config import load_config, same_training
@@ -60,7 +60,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # edges; the one-class score adds the 3 scales' terms (each the top-k mean over the same image
     # area) and a speed term (the largest mean speed over one object-sized window, measured on the
     # training frames), each standardized over the normal training frames, with equal weights.
-    # Its checkpoint is v8's network with the score refitted (`anomon refit`, benchmarks/README).
+    # Its checkpoint is v8's network with the score refitted (`anomon refit`, docs/experiments.md).
     "anomem-default": {},
     # v8: the same network, the speed term the mean of the 16 fastest cells anywhere.
     "v8-speed-cells": CELLS,
@@ -93,7 +93,7 @@ RESCORED: dict[str, dict[str, Any]] = {
     # The stage-2 Deep-SVDD detector over the stacked deviation maps instead of the weighted terms.
     "deep-svdd-detector": {"score": "svdd"},
     # A test-set diagnostic, not a candidate: the coarse scale and the speed only, the weighting the
-    # per-term test AUROCs point to (see benchmarks/README). Its number is test-informed.
+    # per-term test AUROCs point to (docs/experiments.md). Its number is test-informed.
     "coarse-scale-and-speed (test-informed)": {"score_weights": (0.0, 0.0, 0.5, 0.5)},
 }
 
@@ -200,7 +200,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "resnet18-scratch were trained with that score and keep it, so they compare encoders, scales "
         "and motion with one another. The last rows rescore the default's network: without the speed "
         "term, with the Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed "
-        "only; not a candidate, see benchmarks/README.md)."
+        "only; not a candidate, see docs/experiments.md)."
     )
     return (
         "# AnoMem on UCSD Ped2\n\n"
@@ -225,7 +225,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument(
         "--artifact",
-        default=str(ROOT / "artifacts" / "anomem_ped2.safetensors"),
+        default=str(ANOMEM_ARTIFACT),
         help="copy the headline variant's checkpoint here",
     )
     args = parser.parse_args()
@@ -248,7 +248,7 @@ def main() -> int:
             print(json.dumps(rows[-1], indent=1), flush=True)
         Path(args.artifact).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(base, args.artifact)
-    env = environment()
+    env = environment(*([args.artifact] if RESCORED_FROM in args.variants else []))
     write_results(args.out, env, rows, markdown(rows, env))
     return 0
 

@@ -5,11 +5,11 @@ benchmarks/configs/daad_ped2.yaml, is trained on Ped2's train/ split only and ev
 test frames with the protocol of MODELS.md. For each variant the table also gives the mean
 reconstruction error of normal and anomalous test frames (the paper's granularity argument: the best
 block size maximizes their gap), the AUROC of each score term alone, and a label-free pseudo-anomaly
-AUROC on the held-out training clips (benchmarks/pseudo_validation.py), which picks the block size
-of the committed checkpoint without test labels (averaged over networks trained with two seeds, two
-kinds of synthetic event and three event seeds each). It picks block 16 with two seeds and block 8
-with three (`--pick-seeds 0 1 2`): it does not separate the sizes (benchmarks/README.md). The
-adversarial ablation is run at that block size and at the a-priori one (32), and so is the score
+AUROC on the held-out training clips (`pseudo_aurocs`), which picks the block size of the committed
+checkpoint without test labels (averaged over networks trained with two seeds, two kinds of
+synthetic event and three event seeds each). It picks block 16 with two seeds and block 8 with three
+(`--pick-seeds 0 1 2`): it does not separate the sizes (docs/experiments.md). The adversarial
+ablation is run at that block size and at the a-priori one (32), and so is the score
 without its speed term (the same networks rescored).
 
     python benchmarks/ped2_daad.py --data ../shared/data/ucsd_ped2 --threads 2
@@ -23,25 +23,35 @@ import json
 import shutil
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from ped2_anomem import median_fps
-from pseudo_validation import KINDS, OBJECTS, load_objects, pseudo_aurocs
-from report import environment, write_results
+from results_io import DAAD_ARTIFACT, environment, write_results
 
 from model.anomaly_map import topk_mean
 from model.calibration import calibrate
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import DAADConfig, ExperimentConfig, InputSpec, load_config
 from model.daad.model import DAAD
 from model.daad.train import fit_normal_stats
 from model.data import Clip, load_clips, with_motion
 from model.evaluation import evaluate_clips, live_scores
 from model.metrics import auroc, frame_aurocs
-from model.pipeline import build_model, calibrate_on, load_model, model_inputs, split_holdout, train
+from model.pipeline import (
+    build_model,
+    calibrate_on,
+    load_model,
+    model_inputs,
+    score_inputs,
+    split_holdout,
+    train,
+)
+from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
 
 ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT / "configs" / "daad_ped2.yaml"
@@ -54,11 +64,60 @@ BLOCKS = (8, 16, 32, 64)  # the granularity sweep: one block footprint (input pi
 NO_SPEED = {"model.speed_weight": 0.0}
 EDGE_MOTION_KEPT = {"model.edge_motion": "keep"}
 PSEUDO_SEEDS = (0, 1, 2)  # synthetic event sets per kind in a variant's pseudo-anomaly AUROC
+KINDS = ("fast-patches", "foreign-objects")  # the synthetic events of the pseudo-anomaly AUROC
+OBJECTS = "../shared/data/cifar10/cifar10_jpg.zip"  # the foreign objects' photographs
 A_PRIORI_BLOCK = 32  # MODELS.md's suggestion: 8x8 blocks at stride 4 ... 1x1 at stride 32
 # Model fields that change the score only, not the trained network (flow_window: the speed term's
 # window, which shapes the network too when it is also the motion channel's, motion_features lk, or
 # sets the motion channel's dropped edges, edge_motion drop).
 SCORE_FIELDS = {"speed_weight", "speed_topk", "flow_window"}
+
+
+def load_objects(path: str, count: int = 1000) -> np.ndarray:
+    """`count` grayscale images spread evenly over a CIFAR-10 JPEG zip's test split (all classes)."""
+    with zipfile.ZipFile(path) as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith("test/") and n.endswith(".jpg"))
+        if not names:
+            raise SystemExit(f"{path} holds no test/<class>/*.jpg images")
+        picked = names[:: max(1, len(names) // count)][:count]
+        images = [
+            cv2.imdecode(np.frombuffer(archive.read(n), np.uint8), cv2.IMREAD_GRAYSCALE) for n in picked
+        ]
+    return np.stack(images)
+
+
+def pseudo_aurocs(
+    model: torch.nn.Module, meta: CheckpointMeta, train_clips: list[Clip], objects: np.ndarray
+) -> dict[str, float | dict[str, float]]:
+    """The label-free validation: AUROCs of a model on its held-out clips (of `train_clips`, the split
+    it trained on) with synthetic events pasted in, one per (kind, seed) of KINDS x PSEUDO_SEEDS.
+
+    - fast-patches: scene patches moving much faster than anything in normal footage;
+    - foreign-objects: grey CIFAR-10 test photographs (`objects`) at a person's height crossing the
+      scene from standing still up to a few times walking pace.
+
+    Each set is scored as the live monitor smooths (calibrated, then a causal mean); `pseudo_auroc`
+    is their mean, `sets` each one.
+    """
+    cfg = meta.config
+    _, holdout = split_holdout(train_clips, cfg.train.holdout_fraction)
+    sets: dict[str, float] = {}
+    for kind in KINDS:
+        for seed in PSEUDO_SEEDS:
+            rng = np.random.default_rng(seed)
+            labels, smoothed = [], []
+            for clip in holdout:
+                if kind == "fast-patches":
+                    frames, lab = add_moving_patches(clip.frames, rng)
+                else:
+                    frames, lab = add_foreign_objects(clip.frames, rng, objects)
+                scores, _ = score_inputs(
+                    model, with_motion(frames, cfg.input), desc=f"{kind} {seed} {clip.name}"
+                )
+                labels.append(lab)
+                smoothed.append(live_scores(scores, meta.calibration, cfg.train.smoothing_frames))
+            sets[f"{kind} seed {seed}"] = auroc(np.concatenate(labels), np.concatenate(smoothed))
+    return {"pseudo_auroc": float(np.mean(list(sets.values()))), "sets": sets}
 
 
 @functools.cache
@@ -182,7 +241,7 @@ def run_variant(
     test = ped2_clips(data, cfg.input, "test")  # meta.config == cfg here
     result = evaluate_clips(model, cfg, test, cfg.train.smoothing_frames, calibration=meta.calibration)
     spec = cfg.input
-    pseudo = pseudo_aurocs(model, meta, ped2_clips(data, spec, "train"), PSEUDO_SEEDS, KINDS, objects)
+    pseudo = pseudo_aurocs(model, meta, ped2_clips(data, spec, "train"), objects)
     return {
         "variant": name,
         "fps_median_b32": round(median_fps(model, spec.channels, spec.height, spec.width), 1),
@@ -194,7 +253,7 @@ def run_variant(
         "train_seconds_recorded": round(float(meta.training["wall_seconds"]), 1),
         "train_threads": meta.training["threads"],
         "train_seconds_this_run": round(train_seconds, 1),
-        "pseudo_auroc": pseudo["pseudo_auroc_smoothed"],
+        "pseudo_auroc": pseudo["pseudo_auroc"],
         "pseudo_auroc_sets": pseudo["sets"],
         **result,
         **reconstruction_terms(model, cfg, data),
@@ -277,7 +336,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], chosen: str, pick:
         "the normal training frames (no network involved). Rows `-no-speed-term` rescore a variant's own "
         "network without it (normal statistics and calibration refitted as training fits them). "
         "Pseudo-anomaly AUROC = AUROC (smoothed as the monitor does) on the 2 held-out training clips "
-        "with synthetic events pasted in (label-free; `benchmarks/pseudo_validation.py`), the mean over "
+        "with synthetic events pasted in (label-free), the mean over "
         f"{len(PSEUDO_SEEDS)} seeds of each of two kinds: fast-moving scene patches and foreign objects "
         "(grey CIFAR-10 test photographs crossing the scene at up to a few times walking pace)."
     )
@@ -327,7 +386,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--artifact",
-        default=str(ROOT / "artifacts" / "daad_ped2.safetensors"),
+        default=str(DAAD_ARTIFACT),
         help="copy the default variant's checkpoint here",
     )
     args = parser.parse_args()
@@ -364,7 +423,7 @@ def main() -> int:
     run(f"block-{chosen}-edge-motion-kept", {"model.block_size": chosen, **EDGE_MOTION_KEPT})
     Path(args.artifact).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workdir / f"block-{chosen}.safetensors", args.artifact)
-    env = environment()
+    env = environment(args.artifact)
     write_results(args.out, env, rows, markdown(rows, env, f"block-{chosen}", pick), pick=pick)
     return 0
 

@@ -34,14 +34,14 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_io import ANOMEM_ARTIFACT, RESULTS, run_record  # noqa: E402
 from stream import cli_export  # noqa: E402
 
 from monitor.broker import EmbeddedBroker, free_port  # noqa: E402
 from monitor.ingest import FramePublisher, encode_jpeg  # noqa: E402
 from monitor.kafka_client import KafkaSettings, ProducerSettings, create_topics, make_producer  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-CHECKPOINT = ROOT / "benchmarks" / "artifacts" / "anomem_ped2.safetensors"
+CHECKPOINT = ANOMEM_ARTIFACT
 PED2 = ROOT.parent / "shared" / "data" / "ucsd_ped2"
 CAMERAS = 4
 PROGRESS_EVERY_S = 30.0
@@ -471,7 +471,7 @@ def run_phase(
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    lines = ["# Reliability on this CPU", "", f"`{data.get('command', '')}`", ""]
+    lines = ["# Reliability on this CPU", "", f"`{data.get('command', '')}` ({data.get('date', '')})", ""]
     lines += [
         "| phase | mode | rate fps | seconds | sent | scored | dup | DLQ | dropped | lost | e2e p50 ms |"
         " e2e p99 ms | RSS growth % | max lag | errors |",
@@ -518,7 +518,10 @@ def main() -> None:
     data: dict[str, Any] = json.loads(args.json.read_text()) if args.json.exists() else {}
     data.setdefault("phases", {})
     if args.phase:
-        data["command"] = "python benchmarks/reliability.py " + " ".join(sys.argv[1:])
+        record = run_record(CHECKPOINT)
+        if data.get("artifacts") != record["artifacts"]:  # another artifact's figures are not mixed in
+            data = {"phases": {}}
+        data.update(record)
     data["tried"] = TRIED
     data["machine"] = {"cpus": os.cpu_count(), "note": "2 cores shared with other jobs"}
 

@@ -5,7 +5,12 @@ round r+1 starts), so load drift on a shared machine hits all of them alike; rat
 the same run. Accuracy: Ped2 causal micro AUROC of each precision through ONNX Runtime (MODELS.md
 protocol, `anomon eval`), so the FP16/INT8 bound is checked on the same artifacts that were timed.
 
+Each checkpoint's run replaces its own entry of benchmarks/results/runtimes.json (`runs`, keyed by the
+checkpoint's file name), so the committed models are measured one command each:
+
     python benchmarks/runtimes.py --checkpoint benchmarks/artifacts/anomem_ped2.safetensors \
+        --data ../shared/data/ucsd_ped2 --threads 2
+    python benchmarks/runtimes.py --checkpoint benchmarks/artifacts/daad_ped2.safetensors \
         --data ../shared/data/ucsd_ped2 --threads 2
 """
 
@@ -14,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import torch
+from results_io import ANOMEM_ARTIFACT, RESULTS, repo_path, run_record
 from tqdm import tqdm
 
 from model.evaluation import evaluate_path
@@ -29,14 +34,12 @@ from model.runtime import open_runtime
 from model.runtime.base import Runtime
 from model.runtime.bench import LatencyStats, sample_frames, time_calls
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default="benchmarks/artifacts/anomem_ped2.safetensors")
+    parser.add_argument("--checkpoint", default=repo_path(ANOMEM_ARTIFACT))
     parser.add_argument(
         "--data", default="../shared/data/ucsd_ped2", help="Ped2 root (INT8 calibration: train/)"
     )
@@ -45,10 +48,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=3, help="timed calls per configuration per round")
     parser.add_argument("--skip-accuracy", action="store_true", help="timing only")
-    parser.add_argument(
-        "--accuracy-from",
-        help="reuse the accuracy block of an earlier runtimes.json (same artifacts) instead of evaluating",
-    )
     parser.add_argument("--out", default=str(RESULTS / "runtimes.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,10 +96,7 @@ def main() -> None:
     }
 
     accuracy = {}
-    if args.accuracy_from:
-        accuracy = json.loads(Path(args.accuracy_from).read_text())["accuracy"]
-        accuracy["note"] = "from an earlier run of this script on the same checkpoint and export settings"
-    elif not args.skip_accuracy:
+    if not args.skip_accuracy:
         for precision in artifacts:
             runtime = runtimes[("onnxruntime", precision)]
             result = evaluate_path(
@@ -126,8 +122,8 @@ def main() -> None:
             k: result[k] for k in ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro", "pixel_auroc")
         }
 
-    report = {
-        "command": " ".join(["python", "benchmarks/runtimes.py", *sys.argv[1:]]),
+    run = {
+        **run_record(args.checkpoint),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "threads": args.threads,
@@ -143,6 +139,8 @@ def main() -> None:
         "accuracy": accuracy,
     }
     out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {"runs": {}}
+    report["runs"][Path(args.checkpoint).name] = run
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
@@ -150,38 +148,42 @@ def main() -> None:
 
 
 def markdown(report: dict) -> str:
+    """One section per checkpoint: its command and date, the timings, the ratios, the accuracy."""
+    lines = ["# Runtimes on this CPU (model only)"]
+    for name, run in report["runs"].items():
+        lines += ["", f"## {name}", "", *run_markdown(run)]
+    return "\n".join(lines) + "\n"
+
+
+def run_markdown(run: dict) -> list[str]:
     lines = [
-        "# Runtimes on this CPU (model only)",
+        f"`{run['command']}` ({run['date']})",
         "",
-        f"`{report['command']}`",
-        "",
-        f"{report['protocol']}. Threads: {report['machine']['threads']}; torch {report['machine']['torch']}, "
-        f"onnxruntime {report['machine']['onnxruntime']}.",
+        f"{run['protocol']}. Threads: {run['machine']['threads']}; torch {run['machine']['torch']}, "
+        f"onnxruntime {run['machine']['onnxruntime']}.",
         "",
         "| backend | precision | batch | frames/s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
     ]
-    for r in report["rows"]:
+    for r in run["rows"]:
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['batch']} | {r['fps']:.1f} | "
             f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
         )
     lines += ["", "| ratio (same run) | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f}x |" for k, v in report["ratios"].items()]
-    if report["accuracy"]:
+    lines += [f"| {k} | {v:.2f}x |" for k, v in run["ratios"].items()]
+    if run["accuracy"]:
         lines += [
             "",
             "| Ped2 (causal micro AUROC protocol) | causal micro | paper micro | macro | pixel |",
             "|---|---|---|---|---|",
         ]
-        for name, a in report["accuracy"].items():
-            if name == "note":
-                continue
+        for name, a in run["accuracy"].items():
             lines.append(
                 f"| {name} | {a['auroc_causal_micro']:.4f} | {a['auroc_paper_micro']:.4f} | "
                 f"{a['auroc_macro']:.4f} | {a['pixel_auroc']:.4f} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import onnxruntime
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from results_io import ANOMEM_ARTIFACT, REPO, RESULTS, repo_path, run_record
 from tqdm import tqdm
 
 from model.export import export_artifact
@@ -64,8 +65,6 @@ SATURATED_KINDS = (
     ("saturated-serial", False, True),
 )
 MODEL_CALLS = 40  # model-only calls timed before and after each round
-RESULTS = Path(__file__).parent / "results"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -118,9 +117,8 @@ class ScoreReader(threading.Thread):
         return out
 
 
-def cli_export(checkpoint: Path, out: Path, tree: Path = REPO, precision: str = "fp32") -> Path:
-    """`anomon export` of the source tree `tree` (this one, or a worktree of another commit) in a
-    subprocess: an artifact carries its exporting version's config fields."""
+def cli_export(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
+    """`anomon export` in a subprocess, as an operator exports a checkpoint."""
     command = [
         sys.executable,
         "-m",
@@ -131,28 +129,27 @@ def cli_export(checkpoint: Path, out: Path, tree: Path = REPO, precision: str = 
         "--out",
         str(out),
     ]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([*command, "--precision", precision], cwd=tree, env=env, check=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([*command, "--precision", precision], cwd=REPO, env=env, check=True)
     return out
 
 
 class Service:
     """`anomon run` as a subprocess with its metrics endpoint on a known port."""
 
-    def __init__(self, config: dict[str, Any], work: Path, repo: Path = REPO) -> None:
-        """`repo`: the source tree whose `monitor` package runs (e.g. a worktree of an older commit)."""
+    def __init__(self, config: dict[str, Any], work: Path) -> None:
         self.port = _free_port()
         config = {**config, "http": {"port": self.port}}
         path = work / f"run-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = (work / f"{path.stem}.log").open("w")
-        env = {**os.environ, "PYTHONPATH": str(repo)}
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "monitor.cli", "run", "--config", str(path)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=repo,
+            cwd=REPO,
         )
 
     def get(self, path: str) -> tuple[int, str]:
@@ -276,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", default="benchmarks/artifacts/anomem_ped2.safetensors")
+    parser.add_argument("--checkpoint", default=repo_path(ANOMEM_ARTIFACT))
     parser.add_argument("--data", default="../shared/data/ucsd_ped2", help="Ped2 root (test/ clips)")
     parser.add_argument(
         "--threads",
@@ -404,8 +401,7 @@ def main() -> None:
             }
         )
     report_doc = {
-        "command": f"python benchmarks/stream.py --data {args.data} --threads {args.threads} "
-        f"--rounds {args.rounds}" + ("" if out == RESULTS / "stream.json" else f" --out {args.out}"),
+        **run_record(args.checkpoint),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
@@ -454,7 +450,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Streaming service on this CPU (embedded broker, ONNX Runtime fp32)",
         "",
-        f"`{report['command']}`",
+        f"`{report['command']}` ({report['date']})",
         "",
         "| run | cameras | input fps | sent | scored | dropped | processed fps | mean batch | "
         "model share | e2e p50 ms | e2e p99 ms | received p50 ms | received p99 ms |",
