@@ -1,21 +1,29 @@
 """The anomon CLI end to end on a tiny generated scene: train, calibrate, eval, errors, --help."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
 
 from model.checkpoint import load_checkpoint
+from model.runtime import BACKENDS
 from monitor.cli import main
+from monitor.cli.model import Backend
 from tests.conftest import TINY, TINY_DAAD
 
 
-def _anomon(*args: str) -> subprocess.CompletedProcess[str]:
+def _anomon(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "monitor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -99,11 +107,90 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "calibrate", "refit", "eval", "export", "bench", "ingest", "replay", "run", "demo"]
+    ("command", "shown"),
+    [
+        ("train", "[default: cpu]"),
+        ("calibrate", "[default: 0.01]"),
+        ("refit", "KEY=VALUE"),
+        ("eval", "[default: 32]"),
+        ("export", "[default: fp32]"),
+        ("bench", "[default: 1, 8, 32]"),
+        ("ingest", "[default: anomon.frames]"),
+        ("replay", "[default: 10.0]"),
+        ("run", "--exit-when-idle"),
+        ("demo", "[default: 120]"),
+    ],
 )
-def test_every_command_has_help_with_defaults(command: str) -> None:
+def test_every_command_has_help_with_defaults(command: str, shown: str) -> None:
     done = _anomon(command, "--help")
-    assert done.returncode == 0 and "usage: anomon" in done.stdout and "--" in done.stdout
+    assert done.returncode == 0 and f"Usage: anomon {command} [OPTIONS]" in done.stdout
+    assert "--help" in done.stdout and shown in done.stdout
+
+
+def test_help_lists_every_command_and_loads_no_torch() -> None:
+    # The heavy libraries load inside the commands that need them, so --help answers at once.
+    probe = (
+        "import sys\nfrom monitor.cli import main\n"
+        "for argv in (['--help'], ['eval', '--help'], ['run', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit as done:\n        assert done.code == 0\n"
+        "print(sorted(m for m in ('torch', 'cv2', 'kafka', 'onnxruntime') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("[]"), done.stdout[-300:]
+    listing = _anomon("--help").stdout
+    for command in (
+        "train",
+        "calibrate",
+        "refit",
+        "eval",
+        "export",
+        "bench",
+        "ingest",
+        "replay",
+        "run",
+        "demo",
+    ):
+        assert f" {command} " in listing
+
+
+def test_backend_choices_are_the_runtimes() -> None:
+    assert get_args(Backend) == BACKENDS
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "anomon: error: Missing command; see 'anomon --help'"),
+        (["nope"], "anomon: error: No such command 'nope'"),
+        (["eval", "--checkpoint", "x"], "anomon eval: error: Missing option '--data'"),
+        (["bench", "--artifact", "x", "--calls", "many"], "anomon bench: error: Invalid value for '--calls'"),
+        (["export", "--checkpoint", "a", "--out", "b", "--precision", "fp8"], "'fp8' is not one of"),
+        (["ingest", "--source", "s", "--camera", "c", "--fsp", "5"], "No such option: --fsp"),
+        (["demo", "stray"], "anomon demo: error: Got unexpected extra argument"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert message in out.err and out.err.strip().count("\n") == 0 and not out.out
+
+
+def test_anomon_debug_shows_the_traceback(tmp_path: Path) -> None:
+    args = ("eval", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(tmp_path))
+    done = _anomon(*args, env={"ANOMON_DEBUG": "1"})
+    assert done.returncode == 1 and "Traceback" in done.stderr and "artifact not found" in done.stderr
+
+
+def test_bench_takes_batch_sizes_after_one_flag_or_repeated(trained: Path, tmp_path: Path) -> None:
+    base = ["bench", "--artifact", str(trained), "--backend", "torch", "--device", "cpu", "--calls", "1"]
+    for sizes in (["--batch-sizes", "1", "2"], ["--batch-sizes", "1", "--batch-sizes=2"]):
+        report = tmp_path / "bench.json"
+        assert main([*base, *sizes, "--warmup", "0", "--json", str(report)]) == 0
+        rows = json.loads(report.read_text())["rows"]
+        assert [row["batch"] for row in rows] == [1, 2] and all(row["fps"] > 0 for row in rows)
 
 
 def test_daad_trains_calibrates_and_evaluates_through_the_same_commands(
