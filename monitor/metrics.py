@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -25,6 +26,19 @@ from monitor.wire import Reason
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DROP_REASONS = ("stale",)  # why the service drops frames on purpose (live mode only)
+
+
+@dataclass
+class ServiceStats:
+    """Totals of one run (also in the metrics)."""
+
+    consumed: int = 0
+    processed: int = 0
+    dropped: int = 0
+    dead_letters: int = 0
+    alerts: int = 0
+    cycles: int = 0
+    partitions: set[int] = field(default_factory=set)
 
 
 class ServiceMetrics:

@@ -1,0 +1,197 @@
+"""The cameras one service instance scores: their state, kept peak frame, partition, and the messages
+their scored frames become.
+
+No Kafka I/O: a scored frame goes in, its score message and alert events come out as typed wire
+messages, ready to publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+from kafka.structs import TopicPartition
+
+from monitor import wire
+from monitor.camera import AlertEvent, CameraState, PerCameraSettings
+from monitor.frames import ConsumedRecord, FrameError
+from monitor.localize import Region
+from monitor.metrics import ServiceMetrics, ServiceStats
+from monitor.scoring import Inference, LoadedModel
+from monitor.snapshot import SnapshotError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Peak:
+    """The frame to draw an alert's snapshot from."""
+
+    image: np.ndarray
+    anomaly_map: np.ndarray
+    regions: tuple[Region, ...]
+
+
+@dataclass
+class Scored:
+    """What a batch's frames became: messages to publish, frames to dead-letter, capture times."""
+
+    scores: list[wire.ScoreMessage] = field(default_factory=list)
+    alerts: list[wire.AlertMessage] = field(default_factory=list)
+    rejected: list[tuple[ConsumedRecord, FrameError]] = field(default_factory=list)
+    captures: list[float] = field(default_factory=list)  # Unix seconds, one per score
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def wire_regions(regions: tuple[Region, ...]) -> list[wire.Region]:
+    return [wire.Region(bbox=r.bbox, score=float(r.score)) for r in regions]
+
+
+class Cameras:
+    """Per-camera state of the cameras this instance has seen.
+
+    Args:
+        settings: the `cameras` section (defaults and per-camera overrides).
+        metrics: where per-camera gauges and counters go.
+        stats: the run's totals.
+    """
+
+    def __init__(self, settings: PerCameraSettings, metrics: ServiceMetrics, stats: ServiceStats) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.stats = stats
+        self.states: dict[str, CameraState] = {}
+        self.peaks: dict[str, Peak] = {}
+        self.models: dict[str, wire.ModelInfo] = {}  # the model of each camera's latest score
+        self.partition: dict[str, TopicPartition] = {}
+
+    def seen(self, camera_id: str, partition: TopicPartition) -> None:
+        """Note which partition a camera's frames come from (its state moves with it)."""
+        self.partition.setdefault(camera_id, partition)
+
+    def on(self, partitions: set[TopicPartition]) -> list[str]:
+        """The cameras seen on these partitions."""
+        return [c for c, tp in self.partition.items() if tp in partitions]
+
+    def state(self, camera_id: str, model: LoadedModel) -> CameraState:
+        if camera_id not in self.states:
+            settings = self.settings.for_camera(camera_id)
+            self.states[camera_id] = CameraState(camera_id, settings, model.score_scale, model.map_scale)
+            self.metrics.track_camera(camera_id, settings.on_threshold)
+        return self.states[camera_id]
+
+    def score(self, inference: Inference) -> Scored:
+        """Update each frame's camera with its score; the messages to publish, in frame order."""
+        out = Scored()
+        model = inference.model
+        for frame, output in zip(inference.frames, inference.outputs, strict=True):
+            if isinstance(output, FrameError):
+                out.rejected.append((frame.consumed, output))
+                continue
+            raw, amap = output
+            record = frame.record
+            capture = record.capture_ts_ns / 1e9
+            verdict = self.state(record.camera_id, model).update(
+                record.frame_index, capture, raw, amap, frame.image.shape[:2]
+            )
+            if not verdict.valid:
+                self.metrics.inference_errors.inc()
+                out.rejected.append(
+                    (
+                        frame.consumed,
+                        FrameError(wire.Reason.INVALID_SCORE, f"the model returned {raw} for this frame"),
+                    )
+                )
+                continue
+            assert verdict.score is not None
+            if verdict.new_peak:
+                self.peaks[record.camera_id] = Peak(frame.image, amap, verdict.regions)
+            self.models[record.camera_id] = model.info
+            published = time.time()
+            out.scores.append(
+                wire.ScoreMessage(
+                    camera_id=record.camera_id,
+                    frame_index=record.frame_index,
+                    capture_ts=wire.datetime_from_ns(record.capture_ts_ns),
+                    processed_ts=_ts(published),
+                    score=verdict.score,
+                    raw_score=raw,
+                    anomalous=verdict.anomalous,
+                    regions=wire_regions(verdict.regions),
+                    model=model.info,
+                    latency_ms=wire.Latency(
+                        queue=max(0.0, (inference.started - capture) * 1e3),
+                        inference=inference.seconds * 1e3 / len(inference.frames),
+                        end_to_end=max(0.0, (published - capture) * 1e3),
+                    ),
+                )
+            )
+            out.captures.append(capture)
+            self.metrics.queue_seconds.observe(max(0.0, inference.started - capture))
+            self.metrics.anomaly_score.labels(record.camera_id).set(verdict.score)
+            self.metrics.last_frame_timestamp.labels(record.camera_id).set(capture)
+            self.metrics.frames_processed.labels(record.camera_id).inc()
+            self.stats.processed += 1
+            out.alerts.extend(self.alert_messages(record.camera_id, list(verdict.events)))
+            self.metrics.alerts_active.labels(record.camera_id).set(1 if verdict.anomalous else 0)
+        return out
+
+    def alert_messages(self, camera_id: str, events: list[AlertEvent]) -> list[wire.AlertMessage]:
+        """The wire messages of a camera's alert events, with the peak frame's snapshot."""
+        messages = []
+        for event in events:
+            messages.append(
+                wire.AlertMessage(
+                    type=event.type,
+                    alert_id=uuid.UUID(event.alert_id),
+                    camera_id=camera_id,
+                    start_ts=_ts(event.start_ts),
+                    end_ts=_ts(event.end_ts) if event.end_ts is not None else None,
+                    frames=max(1, event.frames),
+                    peak=wire.AlertPeak(
+                        score=float(event.peak.score),
+                        frame_index=event.peak.frame_index,
+                        ts=_ts(event.peak.ts),
+                        regions=wire_regions(event.peak.regions),
+                    ),
+                    snapshot=self._snapshot(camera_id),
+                    model=self.models[camera_id],
+                )
+            )
+            if event.type == "start":
+                self.stats.alerts += 1
+                self.metrics.alerts.labels(camera_id).inc()
+            if event.type == "end":
+                self.metrics.alerts_active.labels(camera_id).set(0)
+                self.peaks.pop(camera_id, None)
+        return messages
+
+    def _snapshot(self, camera_id: str) -> wire.Snapshot | None:
+        peak = self.peaks.get(camera_id)
+        if peak is None:
+            return None
+        try:
+            image = self.states[camera_id].snapshot(peak.image, peak.anomaly_map, peak.regions)
+        except SnapshotError as err:
+            log.warning("camera %s: snapshot left out: %s", camera_id, err)
+            return None
+        return wire.Snapshot.from_image("image/jpeg", image) if image else None
+
+    def close(self, camera_id: str) -> list[wire.AlertMessage]:
+        """End the camera's open alert, if any (shutdown, or the camera moves to another instance)."""
+        state = self.states.get(camera_id)
+        return self.alert_messages(camera_id, state.close()) if state is not None else []
+
+    def drop(self, camera_id: str) -> None:
+        """Forget the camera (it moved to another instance); close it first."""
+        self.states.pop(camera_id, None)
+        self.peaks.pop(camera_id, None)
+        self.models.pop(camera_id, None)
+        self.partition.pop(camera_id, None)
