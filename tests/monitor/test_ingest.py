@@ -289,5 +289,5 @@ def test_help_shows_the_defaults(command: str, capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as done:
         main([command, "--help"])
     out = capsys.readouterr().out
-    assert done.value.code == 0 and f"usage: anomon {command}" in out
-    assert "(default: anomon.frames)" in out and "ANOMON_BOOTSTRAP" in out
+    assert done.value.code == 0 and f"Usage: anomon {command}" in out
+    assert "[default: anomon.frames]" in out and "ANOMON_BOOTSTRAP" in out
