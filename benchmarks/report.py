@@ -25,14 +25,13 @@ from safetensors import SafetensorError
 RESULTS_MD = REPO / "benchmarks" / "RESULTS.md"
 PED2 = "--data ../shared/data/ucsd_ped2"
 PED2_PROTOCOL = (
-    "UCSD Ped2, trained on `train/` only (2 of 16 clips held out for calibration), scored on all 2010 "
-    "test frames. **Causal micro AUROC** (the headline): each frame's score calibrated to [0, 1] and "
-    "averaged with the 7 before it, as the live monitor does, pooled over the 12 clips. Paper micro: the "
-    "same scores min-max normalized per clip, then pooled (the published protocol). Macro: the mean "
-    "per-clip AUROC over the 7 clips with both classes. Pixel: anomaly maps against `masks/` at 120x180."
+    "Accuracy on UCSD Ped2: trained on `train/` only (2 of 16 clips held out for calibration), scored "
+    "on all 2010 test frames. **Causal micro AUROC** (the headline): each frame's score calibrated to "
+    "[0, 1] and averaged with the 7 before it, as the live monitor does, pooled over the 12 clips. Paper "
+    "micro: the same scores min-max normalized per clip, then pooled (the published protocol). Macro: "
+    "the mean per-clip AUROC over the 7 clips with both classes. Pixel: anomaly maps against `masks/` "
+    "at 120x180."
 )
-
-Table = tuple[list[str], list[list[str]]]
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,6 @@ class Benchmark:
     measures: str
     refresh: Callable[[str], str]  # run label -> the command that measures the committed artifacts
     headline: Callable[[dict[str, Any]], str]
-    table: Callable[[dict[str, Any]], Table]
     runs: Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]] = lambda data: [("", data)]
 
 
@@ -52,113 +50,44 @@ def _f(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _aurocs(r: dict[str, Any]) -> list[str]:
-    keys = ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro", "pixel_auroc")
-    return [_f(r[k]) for k in keys]
-
-
-AUROC_HEADER = ["causal micro", "paper micro", "macro", "pixel"]
-
-
 def _accuracy_line(r: dict[str, Any]) -> str:
-    causal, paper, macro, pixel = _aurocs(r)
+    keys = ("auroc_causal_micro", "auroc_paper_micro", "auroc_macro", "pixel_auroc")
+    causal, paper, macro, pixel = (_f(r[k]) for k in keys)
     return f"causal micro AUROC **{causal}** (paper micro {paper}, macro {macro}, pixel {pixel})"
 
 
-# --------------------------------------------------------------------------------------------- Ped2
-def _anomem_row(data: dict[str, Any]) -> dict[str, Any]:
-    return next(r for r in data["results"] if r["variant"] == "anomem-default")
-
-
-def _anomem_table(data: dict[str, Any]) -> Table:
-    r = _anomem_row(data)
-    header = ["variant", *AUROC_HEADER, "scoring fps (PyTorch, batch 32)", "train s"]
-    return header, [
-        [r["variant"], *_aurocs(r), _f(r["fps_median_b32"], 1), _f(r["train_seconds_recorded"], 0)]
-    ]
-
-
-def _daad_committed(data: dict[str, Any]) -> int:
-    return int(max(data["pick"], key=lambda b: data["pick"][b]))
-
-
-def _daad_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    block = _daad_committed(data)
-    names = [f"block-{block}", *(f"block-{block}-seed-{s}" for s in range(1, 10))]
-    return [r for name in names for r in data["results"] if r["variant"] == name]
+# ------------------------------------------------------------------------------------ headlines
+def _anomem_headline(data: dict[str, Any]) -> str:
+    r = next(r for r in data["results"] if r["variant"] == "anomem-default")
+    return f"{_accuracy_line(r)}; {r['fps_median_b32']:.1f} frames/s (PyTorch, batch 32)"
 
 
 def _daad_headline(data: dict[str, Any]) -> str:
-    return f"{_accuracy_line(_daad_rows(data)[0])}, block {_daad_committed(data)}"
-
-
-def _daad_table(data: dict[str, Any]) -> Table:
-    header = ["variant", *AUROC_HEADER, "label-free pseudo-anomaly AUROC", "scoring fps (PyTorch, batch 32)"]
-    rows = [
-        [
-            r["variant"] + (" (committed)" if i == 0 else ""),
-            *_aurocs(r),
-            _f(r["pseudo_auroc"]),
-            _f(r["fps_median_b32"], 1),
-        ]
-        for i, r in enumerate(_daad_rows(data))
-    ]
-    return header, rows
-
-
-# ---------------------------------------------------------------------------------------- runtimes
-def _fps(run: dict[str, Any], backend: str, precision: str, batch: int) -> dict[str, Any]:
-    return next(
-        r for r in run["rows"] if (r["backend"], r["precision"], r["batch"]) == (backend, precision, batch)
-    )
+    block = int(max(data["pick"], key=lambda b: data["pick"][b]))  # the committed block size
+    r = next(r for r in data["results"] if r["variant"] == f"block-{block}")
+    return f"{_accuracy_line(r)}, block {block}; {r['fps_median_b32']:.1f} frames/s (PyTorch, batch 32)"
 
 
 def _runtimes_headline(run: dict[str, Any]) -> str:
-    ort, torch_, int8 = (
-        _fps(run, backend, precision, 8)["fps"]
-        for backend, precision in (("onnxruntime", "fp32"), ("torch", "fp32"), ("onnxruntime", "int8"))
-    )
+    def fps(backend: str, precision: str) -> float:
+        return next(
+            r["fps"]
+            for r in run["rows"]
+            if (r["backend"], r["precision"], r["batch"]) == (backend, precision, 8)
+        )
+
     accuracy = " / ".join(
         _f(run["accuracy"][f"onnxruntime-{p}"]["auroc_causal_micro"]) for p in ("fp32", "fp16", "int8")
     )
     return (
-        f"batch 8: ONNX Runtime FP32 {ort:.1f} frames/s (PyTorch {torch_:.1f}, INT8 {int8:.1f}); "
-        f"causal micro AUROC FP32 / FP16 / INT8 {accuracy}"
+        f"batch 8: ONNX Runtime FP32 {fps('onnxruntime', 'fp32'):.1f} frames/s (PyTorch "
+        f"{fps('torch', 'fp32'):.1f}, INT8 {fps('onnxruntime', 'int8'):.1f}); causal micro AUROC "
+        f"FP32 / FP16 / INT8 {accuracy}"
     )
 
 
-def _runtimes_table(run: dict[str, Any]) -> Table:
-    batches = sorted({r["batch"] for r in run["rows"]})
-    configs = list(dict.fromkeys((r["backend"], r["precision"]) for r in run["rows"]))
-    header = [
-        "backend",
-        "precision",
-        *(f"frames/s, batch {b}" for b in batches),
-        f"p99 ms, batch {batches[0]}",
-        "causal micro AUROC",
-    ]
-    rows = []
-    for backend, precision in configs:
-        accuracy = run["accuracy"].get(f"{backend}-{precision}")
-        rows.append(
-            [
-                backend,
-                precision,
-                *(_f(_fps(run, backend, precision, b)["fps"], 1) for b in batches),
-                _f(_fps(run, backend, precision, batches[0])["p99_ms"], 1),
-                _f(accuracy["auroc_causal_micro"]) if accuracy else "",
-            ]
-        )
-    return header, rows
-
-
-# ---------------------------------------------------------------------------------- the service
-def _live_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    return [r for r in data["rows"] if r["mode"] == "live"]
-
-
 def _stream_headline(data: dict[str, Any]) -> str:
-    live = _live_rows(data)
+    live = [r for r in data["rows"] if r["mode"] == "live"]
     cameras = "/".join(str(r["cameras"]) for r in live)
     p99 = "/".join(f"{r['e2e_p99_ms']:.0f}" for r in live)
     return (
@@ -168,28 +97,14 @@ def _stream_headline(data: dict[str, Any]) -> str:
     )
 
 
-def _stream_table(data: dict[str, Any]) -> Table:
-    header = ["run", "cameras", "frames sent", "scored", "dropped", "e2e p50 ms", "e2e p99 ms"]
-    rows = [
-        [
-            r["scenario"],
-            str(r["cameras"]),
-            str(r["frames_sent"]),
-            str(r["frames_scored"]),
-            str(r["frames_dropped"]),
-            _f(r["e2e_p50_ms"], 0),
-            _f(r["e2e_p99_ms"], 0),
-        ]
-        for r in _live_rows(data)
-    ]
-    return header, rows
-
-
 def _reliability_headline(data: dict[str, Any]) -> str:
     phases = data["phases"]
     parts = []
     if "capacity" in phases:
         parts.append(f"capacity {phases['capacity']['processed_fps']:.1f} frames/s")
+    if "overload" in phases:
+        a = phases["overload"]["accounting"]
+        parts.append(f"2x overload: {a['dropped']} of {a['sent']} dropped as stale, {a['lost']} lost")
     if "soak" in phases:
         soak, a = phases["soak"], phases["soak"]["accounting"]
         parts.append(
@@ -199,23 +114,7 @@ def _reliability_headline(data: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _reliability_table(data: dict[str, Any]) -> Table:
-    header = ["phase", "mode", "rate fps", "seconds", "sent", "scored", "dropped", "lost", "RSS growth %"]
-    rows = []
-    for name in ("capacity", "overload", "soak"):
-        if name not in data["phases"]:
-            continue
-        p, a = data["phases"][name], data["phases"][name]["accounting"]
-        rate = str(p["rate_fps"]) if p["rate_fps"] else "flat out"
-        counts = (a["sent"], a["scored_unique"], a["dropped"], a["lost"])
-        rows.append(
-            [name, p["mode"], rate, str(p["seconds"]), *map(str, counts), str(p["rss_mb"]["growth_pct"])]
-        )
-    return header, rows
-
-
-# ------------------------------------------------------------------------------------- the motion
-def _gap_label(gap: int) -> str:
+def _paired(gap: int) -> str:
     return "itself" if gap == 0 else f"{gap} back"
 
 
@@ -223,24 +122,9 @@ def _motion_gaps_headline(data: dict[str, Any]) -> str:
     parts = []
     for checkpoint in dict.fromkeys(r["checkpoint"] for r in data["rows"]):
         rows = [r for r in data["rows"] if r["checkpoint"] == checkpoint and r["gap"] in (0, 1, 2)]
-        shares = ", ".join(f"{_gap_label(r['gap'])} {100 * r['above_threshold']:.1f}%" for r in rows)
+        shares = ", ".join(f"{_paired(r['gap'])} {100 * r['above_threshold']:.1f}%" for r in rows)
         parts.append(f"{checkpoint.removesuffix('.safetensors')}: {shares}")
     return "normal frames above the threshold, paired with " + "; ".join(parts)
-
-
-def _motion_gaps_table(data: dict[str, Any]) -> Table:
-    header = ["checkpoint", "paired with", "frames", "above threshold", "mean normalized score"]
-    rows = [
-        [
-            r["checkpoint"],
-            _gap_label(r["gap"]),
-            str(r["frames"]),
-            f"{100 * r['above_threshold']:.1f}%",
-            _f(r["mean_normalized_score"], 2),
-        ]
-        for r in data["rows"]
-    ]
-    return header, rows
 
 
 def _lk_range_headline(data: dict[str, Any]) -> str:
@@ -254,20 +138,6 @@ def _lk_range_headline(data: dict[str, Any]) -> str:
     )
 
 
-def _lk_range_table(data: dict[str, Any]) -> Table:
-    header = ["input", "speed read, px per frame (flow_levels 1 / 2 / 3)"]
-    rows = [
-        [f"{r['shift_px']:g} px shift", " / ".join(_f(r[f"levels_{n}_median_px"], 2) for n in (1, 2, 3))]
-        for r in data["known_shifts"]
-    ]
-    rows += [
-        [name, f"p50 {p['p50']:.2f} / p90 {p['p90']:.2f} / p99 {p['p99']:.2f} (Farneback)"]
-        for name, p in data["ped2_farneback_px_per_frame"].items()
-    ]
-    return header, rows
-
-
-# ------------------------------------------------------------------------------------------ CIFAR-10
 def _cifar_headline(data: dict[str, Any]) -> str:
     n = len(data["classes"])
     scope = "10 classes" if data["complete"] else f"{n} of 10 classes"
@@ -277,34 +147,23 @@ def _cifar_headline(data: dict[str, Any]) -> str:
     )
 
 
-def _cifar_table(data: dict[str, Any]) -> Table:
-    header = ["class", "one-class score AUROC %", "Deep-SVDD detector AUROC %"]
-    rows = [
-        [f"{r['class']} {r['name']}", _f(100 * r["auroc_oneclass"], 1), _f(100 * r["auroc_svdd"], 1)]
-        for r in data["classes"]
-    ]
-    return header, rows
-
-
 BENCHMARKS = (
     Benchmark(
         "ped2_anomem",
         "AnoMem on UCSD Ped2",
         "Trains (or reuses) the committed AnoMem configuration and its ablations, scores each on Ped2's "
-        f"test set and copies the default to `benchmarks/artifacts/anomem_ped2.safetensors`. {PED2_PROTOCOL}",
+        "test set and copies the default to `benchmarks/artifacts/anomem_ped2.safetensors`.",
         lambda _: f"python benchmarks/ped2_anomem.py {PED2} --threads 2",
-        lambda data: _accuracy_line(_anomem_row(data)),
-        _anomem_table,
+        _anomem_headline,
     ),
     Benchmark(
         "ped2_daad",
         "DAAD on UCSD Ped2",
         "The block-size sweep (8, 16, 32, 64 input pixels per memory block, two training seeds each), the "
         "label-free rule that picks the committed block size, and the adversarial and speed-term "
-        f"ablations; copies the pick to `benchmarks/artifacts/daad_ped2.safetensors`. {PED2_PROTOCOL}",
+        "ablations; copies the pick to `benchmarks/artifacts/daad_ped2.safetensors`.",
         lambda _: f"python benchmarks/ped2_daad.py {PED2} --threads 2",
         _daad_headline,
-        _daad_table,
     ),
     Benchmark(
         "runtimes",
@@ -316,7 +175,6 @@ BENCHMARKS = (
             f"python benchmarks/runtimes.py --checkpoint benchmarks/artifacts/{name} {PED2} --threads 2"
         ),
         _runtimes_headline,
-        _runtimes_table,
         lambda data: list(data["runs"].items()),
     ),
     Benchmark(
@@ -327,7 +185,6 @@ BENCHMARKS = (
         "frames/s over the model alone's (saturation ratio).",
         lambda _: f"python benchmarks/stream.py {PED2} --threads 2 --rounds 5",
         _stream_headline,
-        _stream_table,
     ),
     Benchmark(
         "reliability",
@@ -337,7 +194,6 @@ BENCHMARKS = (
         "scored - dead-lettered - dropped). The faults and bad inputs tried are in the full table.",
         lambda _: "python benchmarks/reliability.py --phase capacity overload soak --soak-minutes 30",
         _reliability_headline,
-        _reliability_table,
     ),
     Benchmark(
         "motion_gaps",
@@ -347,7 +203,6 @@ BENCHMARKS = (
         "(`monitor/pairing.py`).",
         lambda _: f"python benchmarks/motion_gaps.py {PED2} --threads 2",
         _motion_gaps_headline,
-        _motion_gaps_table,
     ),
     Benchmark(
         "lk_range",
@@ -357,7 +212,6 @@ BENCHMARKS = (
         "`model/motion.py`, no artifact.",
         lambda _: f"python benchmarks/lk_range.py {PED2}",
         _lk_range_headline,
-        _lk_range_table,
     ),
     Benchmark(
         "cifar10_oneclass",
@@ -366,7 +220,6 @@ BENCHMARKS = (
         "images scored, AUROC with label = other class; the mean over the ten classes. Needs a GPU.",
         lambda _: "python benchmarks/cifar10_oneclass.py --epochs auto",
         _cifar_headline,
-        _cifar_table,
     ),
 )
 
@@ -434,7 +287,7 @@ def render(results: Path = RESULTS, repo: Path = REPO) -> str:
             ]
             if stale_artifacts(run, repo):
                 sections.append(f"- Refresh (measures the committed artifacts): `{bench.refresh(label)}`")
-            sections += ["", *_table(*bench.table(run)), ""]
+            sections.append("")
         full = results / f"{bench.name}.md"
         if full.is_file():
             sections.append(f"Full table: [results/{full.name}](results/{full.name}).")
@@ -442,10 +295,12 @@ def render(results: Path = RESULTS, repo: Path = REPO) -> str:
         "# Benchmark results",
         "",
         "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; do not edit. Each "
-        "row names the command and date of its run. A run is **stale** when an artifact it measured is no "
-        "longer the committed model (the digest of its weights and calibration is recorded in the "
-        "result); its refresh command measures the current one. What each benchmark measures and how to "
-        "run it: `benchmarks/README.md`.",
+        "benchmark's section below names the command and date of its run. A run is **stale** when an "
+        "artifact it measured is no longer the committed model (the digest of its weights and "
+        "calibration is recorded in the result); its refresh command measures the current one. What "
+        "each benchmark measures and how to run it: [README.md](README.md).",
+        "",
+        PED2_PROTOCOL,
         "",
         *_table(["benchmark", "headline", "date", "status"], summary),
         *sections,
