@@ -488,14 +488,12 @@ class MonitorService:
         self._last_records = time.monotonic()
 
 
-def serve(
-    cfg: ServiceConfig, max_idle_seconds: float | None = None, on_ready: Callable[[Any], None] | None = None
-) -> ServiceStats:
-    """Open the runtime, start the HTTP endpoint and run the service until SIGTERM/SIGINT (`anomon run`)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
-    # The model owns the cores: OpenCV's own thread pool on per-frame resizes only competes with it.
-    cv2.setNumThreads(1)
+def open_models(cfg: ServiceConfig, metrics: ServiceMetrics) -> ModelRouter:
+    """The models `cfg.model` names: a store (its models loaded now) and/or one artifact.
+
+    Raises:
+        ConfigError: neither is given. StoreError: the store folder is missing.
+    """
     settings = cfg.model
     if settings.artifact is None and settings.store is None:
         raise ConfigError(
@@ -510,14 +508,28 @@ def serve(
 
     fixed = open_model(settings.artifact) if settings.artifact is not None else None
     store = ModelStore(settings.store) if settings.store is not None else None
-    metrics = ServiceMetrics()
     router = ModelRouter(open_model, metrics, store, fixed, settings.store_poll_seconds)
     router.start()
+    return router
+
+
+def serve(
+    cfg: ServiceConfig, max_idle_seconds: float | None = None, on_ready: Callable[[Any], None] | None = None
+) -> ServiceStats:
+    """Open the runtime, start the HTTP endpoint and run the service until SIGTERM/SIGINT (`anomon run`)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
+    # The model owns the cores: OpenCV's own thread pool on per-frame resizes only competes with it.
+    cv2.setNumThreads(1)
+    metrics = ServiceMetrics()
+    router = open_models(cfg, metrics)
     topics = cfg.topics
     # Output topics get one partition each (records stay keyed by camera); existing topics are left alone.
     create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
     service = MonitorService(cfg, router, metrics)
-    serving = f"the model store {settings.store}" if fixed is None else fixed.runtime.describe()
+    plan = plan_model(cfg.model)
+    fixed = router.fixed
+    serving = f"the model store {cfg.model.store}" if fixed is None else fixed.runtime.describe()
     print(
         f"anomon run: serving {serving} with model.workers {service.workers}, "
         f"model.threads {plan.threads or 'the backend default'}",
