@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from monitor.store import ModelStore, StoreEntry, StoreError
+if TYPE_CHECKING:
+    from monitor.store import StoreEntry
 
 app = typer.Typer(
     help="Manage a model store: one model per camera, numbered versions, and a default.",
@@ -24,6 +25,8 @@ DEFAULT_LABEL = "(default)"  # parentheses never occur in a camera id
 def _camera(camera: str | None, default: bool) -> str | None:
     """The camera the command is for (None: the default); exactly one of --camera and --default."""
     if default == (camera is not None):
+        from monitor.store import StoreError  # the store loads torch: only when a command runs
+
         raise StoreError("give either --camera ID or --default")
     return camera
 
@@ -38,6 +41,8 @@ def add(
     default: Default = False,
 ) -> None:
     """Check ARTIFACT and add it as the next version of a camera's model (or of the default)."""
+    from monitor.store import ModelStore
+
     entry = ModelStore(store, create=True).add(artifact, _camera(camera, default))
     typer.echo(
         f"added {entry.label}: {entry.model_name} {entry.model_version} "
@@ -51,6 +56,8 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON list, full hashes and paths")] = False,
 ) -> None:
     """Every stored version; the highest of each camera serves it."""
+    from monitor.store import ModelStore
+
     models = ModelStore(store)
     entries = models.entries()
     serving = set(models.serving().values())
@@ -88,6 +95,8 @@ def remove(
     ] = None,
 ) -> None:
     """Remove a camera's model (every version, or one); the camera then falls back to the default."""
+    from monitor.store import ModelStore
+
     removed = ModelStore(store).remove(_camera(camera, default), version)
     for entry in removed:
         typer.echo(f"removed {entry.label}: {entry.model_name} {entry.model_version}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -21,15 +20,8 @@ from monitor.store import ModelStore, StoreEntry, StoreError
 
 
 def _store_app() -> typer.Typer:
-    try:
-        from monitor.cli.store import app
-    except ModuleNotFoundError:  # while monitor/cli.py (argparse) still shadows the monitor/cli/ package
-        path = Path(__file__).resolve().parents[2] / "monitor" / "cli" / "store.py"
-        spec = importlib.util.spec_from_file_location("anomon_cli_store", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        app = module.app
+    from monitor.cli.store import app
+
     return app
 
 
