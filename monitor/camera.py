@@ -27,6 +27,7 @@ from pydantic import (
 
 from monitor.localize import MapScale, Region, localize, mask_to_grid, polygon_mask, work_grid
 from monitor.snapshot import render_snapshot
+from monitor.wire import EndReason
 
 CameraId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,128}$")]
 Point = tuple[float, float]
@@ -68,6 +69,12 @@ class CameraSettings(BaseModel):
         2.0, ge=0, description="an alert ends after its score stayed below off_threshold this long"
     )
     cooldown_seconds: float = Field(5.0, ge=0, description="no new alert starts this soon after an end")
+    stall_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="no frame for this long (wall clock): the camera shows as stalled and its open alert "
+        "ends with reason stalled; null: cutoff_seconds",
+    )
     update_interval_seconds: float = Field(
         1.0, ge=0, description="at most one `update` event (new peak) per this many seconds"
     )
@@ -184,6 +191,7 @@ class AlertEvent:
         frames: frames from the first to the latest (`end`: the last) frame of the alert.
         peak: the highest-scoring frame so far.
         new_peak: the frame that produced this event is the peak (keep it for the snapshot).
+        reason: why an `end` ended it (the wire's `end_reason`); None on start and update.
     """
 
     type: Literal["start", "update", "end"]
@@ -194,6 +202,7 @@ class AlertEvent:
     frames: int
     peak: AlertPeak
     new_peak: bool
+    reason: EndReason | None = None
 
 
 @dataclass(frozen=True)
@@ -245,7 +254,9 @@ class AlertTracker:
         """The id of the open alert, or None."""
         return self._alert_id
 
-    def _event(self, kind: Literal["start", "update", "end"], new_peak: bool) -> AlertEvent:
+    def _event(
+        self, kind: Literal["start", "update", "end"], new_peak: bool, reason: EndReason | None = None
+    ) -> AlertEvent:
         assert self._alert_id is not None and self._peak is not None
         ending = kind == "end"
         return AlertEvent(
@@ -257,6 +268,7 @@ class AlertTracker:
             frames=self._frames_at_last_over if ending else self._frames,
             peak=self._peak,
             new_peak=new_peak,
+            reason=reason,
         )
 
     def observe(
@@ -313,7 +325,7 @@ class AlertTracker:
             if self._under_since is None:
                 self._under_since = clock
             if self._passed(self._under_since, self.settings.cutoff_seconds):
-                end = self._event("end", new_peak)
+                end = self._event("end", new_peak, "cleared")
                 self._reset(clock)
                 return TrackerStep((end,), new_peak, None)
         events: tuple[AlertEvent, ...] = ()
@@ -322,11 +334,12 @@ class AlertTracker:
             self._last_event, self._update_due = clock, False
         return TrackerStep(events, new_peak, self._alert_id)
 
-    def close(self) -> list[AlertEvent]:
-        """End the open alert now (shutdown, camera moved away); [] if none is open."""
+    def close(self, reason: EndReason = "shutdown") -> list[AlertEvent]:
+        """End the open alert now, for `reason` (shutdown, moved, stalled, model_changed); [] if none
+        is open."""
         if self._alert_id is None:
             return []
-        end = self._event("end", False)
+        end = self._event("end", False, reason)
         self._reset(self._clock)
         return [end]
 
@@ -471,9 +484,14 @@ class CameraState:
             events=step.events,
         )
 
-    def close(self) -> list[AlertEvent]:
-        """End the open alert, if any (on shutdown or when the camera moves to another worker)."""
-        return self.tracker.close()
+    def close(self, reason: EndReason = "shutdown") -> list[AlertEvent]:
+        """End the open alert, if any, for `reason` (shutdown, moved, stalled, model_changed)."""
+        return self.tracker.close(reason)
+
+    @property
+    def alerting(self) -> bool:
+        """An alert is open."""
+        return self.tracker.alert_id is not None
 
     def snapshot(
         self, frame: np.ndarray, anomaly_map: np.ndarray | None, regions: Sequence[Region]

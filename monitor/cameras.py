@@ -71,6 +71,8 @@ class Cameras:
         self.peaks: dict[str, Peak] = {}
         self.models: dict[str, wire.ModelInfo] = {}  # the model of each camera's latest score
         self.partition: dict[str, TopicPartition] = {}
+        self.last_seen: dict[str, float] = {}  # time.monotonic() of each camera's latest scored frame
+        self.status: dict[str, str] = {}  # ok, alert, learning or stalled (metrics.CAMERA_STATES)
 
     def seen(self, camera_id: str, partition: TopicPartition) -> None:
         """Note which partition a camera's frames come from (its state moves with it)."""
@@ -79,6 +81,37 @@ class Cameras:
     def on(self, partitions: set[TopicPartition]) -> list[str]:
         """The cameras seen on these partitions."""
         return [c for c, tp in self.partition.items() if tp in partitions]
+
+    def set_status(self, camera_id: str, status: str) -> None:
+        if self.status.get(camera_id) != status:
+            self.status[camera_id] = status
+            self.metrics.set_camera_state(camera_id, status)
+
+    def _switch_model(self, camera_id: str, model: LoadedModel) -> list[wire.AlertMessage]:
+        """The camera's frames now come scored by `model`: a new model has its own calibration, so the
+        camera's open alert ends (`model_changed`) and its smoothing starts over."""
+        before = self.models.get(camera_id)
+        ended = []
+        if before is not None:
+            ended = self.close(camera_id, "model_changed")
+            self.states.pop(camera_id, None)
+            self.metrics.model_swaps.labels(camera_id).inc()
+            self.metrics.model_info.remove(
+                camera_id, before.name, before.version, before.sha256, before.backend, before.precision
+            )
+            log.info(
+                "camera %s: scored by %s %s (%s) from frame on",
+                camera_id,
+                model.info.name,
+                model.info.version,
+                model.info.sha256[:12],
+            )
+        info = model.info
+        self.metrics.model_info.labels(
+            camera_id, info.name, info.version, info.sha256, info.backend, info.precision
+        ).set(1)
+        self.models[camera_id] = info
+        return ended
 
     def state(self, camera_id: str, model: LoadedModel) -> CameraState:
         if camera_id not in self.states:
@@ -98,6 +131,8 @@ class Cameras:
             raw, amap = output
             record = frame.record
             capture = record.capture_ts_ns / 1e9
+            if self.models.get(record.camera_id) != model.info:
+                out.alerts.extend(self._switch_model(record.camera_id, model))
             verdict = self.state(record.camera_id, model).update(
                 record.frame_index, capture, raw, amap, frame.image.shape[:2]
             )
@@ -113,7 +148,8 @@ class Cameras:
             assert verdict.score is not None
             if verdict.new_peak:
                 self.peaks[record.camera_id] = Peak(frame.image, amap, verdict.regions)
-            self.models[record.camera_id] = model.info
+            self.last_seen[record.camera_id] = time.monotonic()
+            self.set_status(record.camera_id, "alert" if verdict.anomalous else "ok")
             published = time.time()
             out.scores.append(
                 wire.ScoreMessage(
@@ -163,6 +199,7 @@ class Cameras:
                     ),
                     snapshot=self._snapshot(camera_id),
                     model=self.models[camera_id],
+                    end_reason=event.reason,
                 )
             )
             if event.type == "start":
@@ -184,14 +221,35 @@ class Cameras:
             return None
         return wire.Snapshot.from_image("image/jpeg", image) if image else None
 
-    def close(self, camera_id: str) -> list[wire.AlertMessage]:
-        """End the camera's open alert, if any (shutdown, or the camera moves to another instance)."""
+    def close(self, camera_id: str, reason: wire.EndReason = "shutdown") -> list[wire.AlertMessage]:
+        """End the camera's open alert, if any, for `reason`."""
         state = self.states.get(camera_id)
-        return self.alert_messages(camera_id, state.close()) if state is not None else []
+        return self.alert_messages(camera_id, state.close(reason)) if state is not None else []
+
+    def stalled(self, now: float) -> list[wire.AlertMessage]:
+        """Cameras that sent no frame for their stall time (`stall_seconds`, default their cutoff):
+        marked stalled, their open alerts ended (`stalled`). `now` is time.monotonic()."""
+        ended = []
+        for camera_id, seen in self.last_seen.items():
+            state = self.states.get(camera_id)
+            if state is None or self.status.get(camera_id) == "stalled":
+                continue
+            settings = state.settings
+            limit = settings.stall_seconds if settings.stall_seconds is not None else settings.cutoff_seconds
+            if now - seen >= limit:
+                ended.extend(self.close(camera_id, "stalled"))
+                self.set_status(camera_id, "stalled")
+        return ended
 
     def drop(self, camera_id: str) -> None:
         """Forget the camera (it moved to another instance); close it first."""
         self.states.pop(camera_id, None)
         self.peaks.pop(camera_id, None)
-        self.models.pop(camera_id, None)
+        info = self.models.pop(camera_id, None)
+        if info is not None:
+            self.metrics.model_info.remove(
+                camera_id, info.name, info.version, info.sha256, info.backend, info.precision
+            )
         self.partition.pop(camera_id, None)
+        self.last_seen.pop(camera_id, None)
+        self.status.pop(camera_id, None)

@@ -30,7 +30,17 @@ class _Section(BaseModel):
 class ModelSettings(_Section):
     """Which model to serve and on what."""
 
-    artifact: Path | None = Field(None, description="exported folder (anomon export) or checkpoint file")
+    artifact: Path | None = Field(
+        None,
+        description="exported folder (anomon export) or checkpoint file: the model of every camera (with "
+        "store: of every camera without its own and without a store default)",
+    )
+    store: Path | None = Field(
+        None, description="model store folder (anomon store): each camera scored by its own model"
+    )
+    store_poll_seconds: float = Field(
+        5.0, gt=0, le=3600, description="how often the store is checked for new or changed models"
+    )
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     device: str | None = Field(None, description="cpu or cuda[:N]; default: a GPU when present")
     threads: int | None = Field(None, ge=1, description="CPU inference threads (per worker)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.config import InputSpec
 from model.data import resize_frame
 from monitor.config import IntakeSettings
 from monitor.frames import ConsumedRecord, FrameError, FrameRecord, decode_frame, parse_record
@@ -46,6 +47,7 @@ class IntakeResult:
     rejected: list[tuple[ConsumedRecord, FrameError]] = field(default_factory=list)
     consumed: int = 0  # records parsed as frames
     dropped: int = 0  # frames dropped as stale (live mode)
+    learning: int = 0  # frames of cameras without a model: counted, not scored
 
 
 class Intake:
@@ -53,14 +55,14 @@ class Intake:
 
     Args:
         settings: the `intake` section.
-        model_for: the model that scores a camera's frames.
+        model_for: the model that scores a camera's frames; None: it has none yet (learning).
         metrics: where consumed, dropped and unpaired frames are counted.
     """
 
     def __init__(
         self,
         settings: IntakeSettings,
-        model_for: Callable[[str], LoadedModel],
+        model_for: Callable[[str], LoadedModel | None],
         metrics: ServiceMetrics,
     ) -> None:
         self.settings = settings
@@ -69,6 +71,8 @@ class Intake:
         # The earlier frames of each camera that its next frames may be paired with, for motion.
         self.motion = MotionPairs(settings.motion_max_gap_seconds, settings.motion_interval_seconds)
         self._pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="anomon-decode")
+        self._specs: dict[str, InputSpec] = {}  # the input spec of each camera's latest frame
+        self.learning: set[str] = set()  # cameras whose latest frame had no model
 
     def take(self, records: Sequence[ConsumedRecord]) -> IntakeResult:
         """Parse, filter, decode, resize and pair a batch of records, in record order."""
@@ -93,7 +97,15 @@ class Intake:
                 self.metrics.frames_dropped.labels(record.camera_id, "stale").inc()
                 steps.append(record.camera_id)
                 continue
-            steps.append((consumed, record, self.model_for(record.camera_id)))
+            model = self.model_for(record.camera_id)
+            if model is None:
+                out.learning += 1
+                self.metrics.frames_learning.labels(record.camera_id).inc()
+                self.learning.add(record.camera_id)
+                steps.append(record.camera_id)
+                continue
+            self.learning.discard(record.camera_id)
+            steps.append((consumed, record, model))
 
         def decode(
             step: tuple[ConsumedRecord, FrameRecord, LoadedModel] | str,
@@ -128,6 +140,9 @@ class Intake:
         )
 
     def _model_input(self, record: FrameRecord, image: np.ndarray, model: LoadedModel) -> np.ndarray:
+        if self._specs.get(record.camera_id, model.spec) != model.spec:
+            self.motion.forget(record.camera_id)  # a new model of another input size: start a new pair
+        self._specs[record.camera_id] = model.spec
         current = resize_frame(image, model.spec)
         if not model.spec.motion:
             return current
@@ -139,6 +154,8 @@ class Intake:
     def forget(self, camera_id: str) -> None:
         """Drop what is kept of a camera (it moved to another instance)."""
         self.motion.forget(camera_id)
+        self._specs.pop(camera_id, None)
+        self.learning.discard(camera_id)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)

@@ -25,7 +25,13 @@ from monitor.wire import Reason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-DROP_REASONS = ("stale",)  # why the service drops frames on purpose (live mode only)
+DROP_REASONS = ("stale",)
+CAMERA_STATES = (
+    "ok",
+    "alert",
+    "learning",
+    "stalled",
+)  # why the service drops frames on purpose (live mode only)
 
 
 @dataclass
@@ -35,6 +41,7 @@ class ServiceStats:
     consumed: int = 0
     processed: int = 0
     dropped: int = 0
+    learning: int = 0  # frames of cameras without a model
     dead_letters: int = 0
     alerts: int = 0
     cycles: int = 0
@@ -102,8 +109,39 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "anomon_model_info",
-            "The served model (value 1)",
-            ["name", "version", "backend", "precision"],
+            "The model that scores each camera (value 1; one series per camera)",
+            ["camera", "model", "version", "sha256", "backend", "precision"],
+            registry=r,
+        )
+        self.camera_state = Gauge(
+            "anomon_camera_state",
+            "Each camera's state (value 1 on its current state): ok, alert, learning (no model yet), "
+            "stalled (no frame for its stall time)",
+            ["camera", "state"],
+            registry=r,
+        )
+        self.frames_learning = Counter(
+            "anomon_frames_learning",
+            "Frames of cameras without a model (learning): counted, not scored",
+            ["camera"],
+            registry=r,
+        )
+        self.models_loaded = Gauge("anomon_models_loaded", "Distinct models loaded", registry=r)
+        self.model_memory = Gauge(
+            "anomon_model_memory_bytes",
+            "Resident memory the loaded models added when they were loaded (process RSS growth)",
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "anomon_model_swaps",
+            "Times a camera switched to another model while running",
+            ["camera"],
+            registry=r,
+        )
+        self.model_load_failures = Counter(
+            "anomon_model_load_failures",
+            "Store artifacts refused (bad hash, unreadable) or failing to load; the camera keeps its model",
+            ["camera"],
             registry=r,
         )
         self.publish_errors = Counter("anomon_publish_errors", "Failed output flushes", registry=r)
@@ -138,6 +176,12 @@ class ServiceMetrics:
         self.alerts.labels(camera)
         self.alerts_active.labels(camera).set(0)
         self.alert_threshold.labels(camera).set(on_threshold)
+        self.model_swaps.labels(camera)
+
+    def set_camera_state(self, camera: str, state: str) -> None:
+        """One of CAMERA_STATES at 1, the others at 0."""
+        for name in CAMERA_STATES:
+            self.camera_state.labels(camera, name).set(1 if name == state else 0)
 
     def render(self) -> bytes:
         """The text exposition of every metric."""

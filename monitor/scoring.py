@@ -97,7 +97,11 @@ class LoadedModel:
         if served.calibration is None:
             raise ValueError("the model has no calibration: run `anomon calibrate` on its checkpoint first")
         info = wire.ModelInfo(
-            name=served.name, version=served.version, backend=runtime.backend, precision=served.precision
+            name=served.name,
+            version=served.version,
+            backend=runtime.backend,
+            precision=served.precision,
+            sha256=served.sha256,
         )
         # Models without a map calibration: the frame calibration is in the same standardized units.
         map_scale = MapScale.from_calibration(served.map_calibration or served.calibration)

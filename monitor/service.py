@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -33,7 +34,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from model.config import ConfigError
-from model.runtime import open_runtime
+from model.runtime import Availability, choose_backend, open_runtime
 from model.runtime.base import Runtime
 from monitor.cameras import Cameras
 from monitor.config import ServiceConfig
@@ -41,7 +42,9 @@ from monitor.intake import Intake
 from monitor.kafka_client import create_topics, make_consumer, make_producer
 from monitor.metrics import HealthServer, ServiceMetrics, ServiceStats
 from monitor.publishing import Publisher, offsets_after
+from monitor.routing import ModelRouter
 from monitor.scoring import Inference, LoadedModel, ModelPlan, ModelWorkers, plan_model, workers_for
+from monitor.store import ModelStore
 
 __all__ = ["ModelPlan", "MonitorService", "ServiceStats", "plan_model", "serve"]
 
@@ -55,6 +58,7 @@ BROKER_CHECK_TIMEOUT_MS = 5000
 STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consumer is reconnected
 STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
+STALL_CHECK_SECONDS = 0.5  # how often cameras are checked for silence
 
 
 def _split(records: list[Any], parts: int) -> list[list[Any]]:
@@ -107,16 +111,23 @@ class MonitorService:
         metrics: where to count; a fresh registry by default.
     """
 
-    def __init__(self, cfg: ServiceConfig, runtime: Runtime, metrics: ServiceMetrics | None = None) -> None:
+    def __init__(
+        self, cfg: ServiceConfig, models: ModelRouter | Runtime, metrics: ServiceMetrics | None = None
+    ) -> None:
         self.cfg = cfg
-        self.model = LoadedModel.from_runtime(runtime)
         self.metrics = metrics or ServiceMetrics()
         self.stats = ServiceStats()
-        info = self.model.info
-        self.metrics.model_info.labels(info.name, info.version, info.backend, info.precision).set(1)
-        self.intake = Intake(cfg.intake, self.model_for, self.metrics)
+        if isinstance(models, Runtime):
+            models = ModelRouter.single(LoadedModel.from_runtime(models), self.metrics)
+        self.router = models
+        if models.fixed is not None:  # a runtime opened already: plan for it
+            workers, backend = workers_for(cfg.model, models.fixed.runtime), models.fixed.runtime.backend
+        else:
+            workers = plan_model(cfg.model).workers
+            backend = choose_backend(cfg.model.backend, Availability.probe())[0]
+        self.intake = Intake(cfg.intake, self.router.model_for, self.metrics)
         self.cameras = Cameras(cfg.cameras, self.metrics, self.stats)
-        self.models = ModelWorkers(workers_for(cfg.model, runtime), runtime.backend)
+        self.models = ModelWorkers(workers, backend)
         self.workers = self.models.workers
         self.publisher: Publisher | None = None
         self.assigned: set[TopicPartition] = set()
@@ -138,10 +149,7 @@ class MonitorService:
         self._housekept = time.monotonic()
         self._checked = 0.0  # time.monotonic() of the last broker check
         self._rewind_owed = False  # a Kafka error left uncommitted frames behind: seek back first
-
-    def model_for(self, camera_id: str) -> LoadedModel:
-        """The model that scores a camera's frames."""
-        return self.model
+        self._stall_checked = 0.0  # time.monotonic() of the last check for silent cameras
 
     # --- one cycle ---------------------------------------------------------------------------------
 
@@ -154,6 +162,8 @@ class MonitorService:
         records = self._poll_batch(oldest, spare=self._busy_models() < self.workers)
         if not records and not self._inflight:
             self._check_brokers()
+            self._end_stalled()
+            self.router.poll()
             return False
         started = time.perf_counter()
         if records:
@@ -172,7 +182,9 @@ class MonitorService:
         if not self.cfg.batching.overlap:
             self._drain()
         self._update_lag()
+        self._end_stalled()
         self._housekeep()
+        self.router.poll()
         self.metrics.busy_seconds.inc(time.perf_counter() - started)
         return True
 
@@ -182,6 +194,9 @@ class MonitorService:
         taken = self.intake.take(records)
         self.stats.consumed += taken.consumed
         self.stats.dropped += taken.dropped
+        self.stats.learning += taken.learning
+        for camera_id in self.intake.learning:
+            self.cameras.set_status(camera_id, "learning")
         for consumed, error in taken.rejected:
             self.publisher.dead_letter(consumed, error)
         for frame in taken.frames:
@@ -265,6 +280,18 @@ class MonitorService:
                 self.metrics.consumer_lag.labels(str(tp.partition)).set(
                     max(0, highwater - self._consumer.position(tp))
                 )
+
+    def _end_stalled(self) -> None:
+        """End the open alerts of cameras that went silent (reason `stalled`), twice a second."""
+        assert self.publisher is not None
+        now = time.monotonic()
+        if now - self._stall_checked < STALL_CHECK_SECONDS:
+            return
+        self._stall_checked = now
+        ended = self.cameras.stalled(now)
+        if ended:
+            self.publisher.alerts(ended)
+            self.publisher.flush()
 
     def _housekeep(self) -> None:
         if time.monotonic() - self._housekept > HOUSEKEEPING_SECONDS:
@@ -390,6 +417,7 @@ class MonitorService:
             self.publisher = None
         self.intake.shutdown()
         self.models.shutdown()
+        self.router.close()
 
     def release(self, partitions: set[TopicPartition]) -> None:
         """Cameras on revoked partitions move to another instance: finish the batches in the models
@@ -403,7 +431,7 @@ class MonitorService:
         for camera_id in moving:
             # Close before dropping the state: the end event's snapshot reads it.
             if self.publisher is not None:
-                self.publisher.alerts(self.cameras.close(camera_id))
+                self.publisher.alerts(self.cameras.close(camera_id, "moved"))
             self.cameras.drop(camera_id)
             self.intake.forget(camera_id)
         if moving and self.publisher is not None:
@@ -460,6 +488,31 @@ class MonitorService:
         self._last_records = time.monotonic()
 
 
+def open_models(cfg: ServiceConfig, metrics: ServiceMetrics) -> ModelRouter:
+    """The models `cfg.model` names: a store (its models loaded now) and/or one artifact.
+
+    Raises:
+        ConfigError: neither is given. StoreError: the store folder is missing.
+    """
+    settings = cfg.model
+    if settings.artifact is None and settings.store is None:
+        raise ConfigError(
+            "field 'model.artifact': no model given; pass --artifact DIR (one model for every camera) "
+            "or --store DIR (a model per camera), or set one in --config"
+        )
+    plan = plan_model(settings)
+
+    def open_model(path: Path) -> LoadedModel:
+        runtime = open_runtime(path, settings.backend, device=settings.device, threads=plan.threads)
+        return LoadedModel.from_runtime(runtime)
+
+    fixed = open_model(settings.artifact) if settings.artifact is not None else None
+    store = ModelStore(settings.store) if settings.store is not None else None
+    router = ModelRouter(open_model, metrics, store, fixed, settings.store_poll_seconds)
+    router.start()
+    return router
+
+
 def serve(
     cfg: ServiceConfig, max_idle_seconds: float | None = None, on_ready: Callable[[Any], None] | None = None
 ) -> ServiceStats:
@@ -468,18 +521,17 @@ def serve(
     logging.getLogger("kafka").setLevel(logging.WARNING)  # connection chatter is not the operator's news
     # The model owns the cores: OpenCV's own thread pool on per-frame resizes only competes with it.
     cv2.setNumThreads(1)
-    if cfg.model.artifact is None:
-        raise ConfigError("field 'model.artifact': no model given; pass --artifact DIR or set it in --config")
-    plan = plan_model(cfg.model)
-    runtime = open_runtime(
-        cfg.model.artifact, cfg.model.backend, device=cfg.model.device, threads=plan.threads
-    )
+    metrics = ServiceMetrics()
+    router = open_models(cfg, metrics)
     topics = cfg.topics
-    # Output topics get the frames topic's default partitioning; existing topics are left alone.
+    # Output topics get one partition each (records stay keyed by camera); existing topics are left alone.
     create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
-    service = MonitorService(cfg, runtime)
+    service = MonitorService(cfg, router, metrics)
+    plan = plan_model(cfg.model)
+    fixed = router.fixed
+    serving = f"the model store {cfg.model.store}" if fixed is None else fixed.runtime.describe()
     print(
-        f"anomon run: serving {runtime.describe()} with model.workers {service.workers}, "
+        f"anomon run: serving {serving} with model.workers {service.workers}, "
         f"model.threads {plan.threads or 'the backend default'}",
         file=sys.stderr,
     )

@@ -189,6 +189,10 @@ class ModelInfo(_Message):
     version: str = Field(min_length=1, max_length=128)
     backend: str = Field(min_length=1, max_length=64)
     precision: str = Field(min_length=1, max_length=32)
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of the weights, as `anomon store list` reports it: which model this is",
+    )
 
 
 class Latency(_Message):
@@ -246,9 +250,12 @@ class Snapshot(_Message):
 # An end event carries its end time, start and update events carry null; JSON Schema says so too.
 _END_TS_RULE: dict[str, Any] = {
     "if": {"properties": {"type": {"const": "end"}}},
-    "then": {"properties": {"end_ts": {"type": "string"}}},
-    "else": {"properties": {"end_ts": {"type": "null"}}},
+    "then": {"properties": {"end_ts": {"type": "string"}, "end_reason": {"type": "string"}}},
+    "else": {"properties": {"end_ts": {"type": "null"}, "end_reason": {"type": "null"}}},
 }
+
+
+EndReason = Literal["cleared", "stalled", "model_changed", "moved", "shutdown"]
 
 
 class AlertMessage(_Message):
@@ -266,11 +273,20 @@ class AlertMessage(_Message):
     peak: AlertPeak
     snapshot: Snapshot | None = None
     model: ModelInfo
+    end_reason: EndReason | None = Field(
+        None,
+        description="why an `end` event ended the alert (null on start and update): cleared (the score "
+        "stayed under the off threshold for the cutoff), stalled (the camera sent no frame for the "
+        "cutoff), model_changed (the camera's model was swapped), moved (its partition went to another "
+        "instance), shutdown",
+    )
 
     @model_validator(mode="after")
     def _end_ts_only_on_end(self) -> AlertMessage:
         if (self.type == "end") != (self.end_ts is not None):
             raise ValueError("end_ts is set on 'end' events and null on 'start' and 'update'")
+        if (self.type == "end") != (self.end_reason is not None):
+            raise ValueError("end_reason is set on 'end' events and null on 'start' and 'update'")
         return self
 
 

@@ -27,6 +27,7 @@ class ServedModel:
     map_calibration: Calibration | None
     input_shape: tuple[int, int, int]  # [C, H, W]; frames are uint8
     map_shape: tuple[int, int]
+    sha256: str  # the weights' SHA-256, as recorded in the artifact: which model this is
 
 
 class Runtime(ABC):

@@ -21,6 +21,7 @@ def served_model(meta: ArtifactMeta) -> ServedModel:
         map_calibration=meta.map_calibration,
         input_shape=meta.input_shape,
         map_shape=meta.map_shape,
+        sha256=meta.weights_sha256,
     )
 
 

@@ -62,6 +62,7 @@ class TorchRuntime(Runtime):
             map_calibration=meta.map_calibration,
             input_shape=(spec.channels, spec.height, spec.width),
             map_shape=(int(m.shape[-2]), int(m.shape[-1])),
+            sha256=meta.weights_sha256,
         )
         self.device = (
             str(self._device)

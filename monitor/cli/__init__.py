@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from monitor.cli import model, stream
+from monitor.cli import model, store, stream
 
 app = typer.Typer(
     name="anomon",
@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(model.app)
 app.add_typer(stream.app)
+app.add_typer(store.app, name="store", rich_help_panel="Fleet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -173,7 +173,18 @@ def run(
     ] = None,
     artifact: Annotated[
         Path | None,
-        typer.Option(help="exported model folder or checkpoint (model.artifact)", rich_help_panel=MODEL),
+        typer.Option(
+            help="exported model folder or checkpoint for every camera (model.artifact; with --store: "
+            "for cameras without their own model and without a store default)",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="model store: each camera scored by its own model, swapped live (model.store)",
+            rich_help_panel=MODEL,
+        ),
     ] = None,
     backend: Annotated[
         Backend | None,
@@ -223,6 +234,7 @@ def run(
 
     flags = {
         "model.artifact": artifact,
+        "model.store": store,
         "model.backend": backend,
         "model.device": device,
         "model.threads": threads,
@@ -241,7 +253,7 @@ def run(
     stats = serve(cfg, max_idle_seconds=exit_when_idle)
     print(
         f"anomon run: stopped after {stats.processed} frames scored, {stats.dead_letters} dead letters, "
-        f"{stats.dropped} dropped, {stats.alerts} alerts"
+        f"{stats.dropped} dropped, {stats.learning} from cameras without a model, {stats.alerts} alerts"
     )
     return 0
 

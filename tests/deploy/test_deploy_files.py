@@ -43,6 +43,10 @@ REQUIRED_ON_DASHBOARD = {
     "anomon_alerts_active",
     "anomon_consumer_lag_records",
     "anomon_model_info",
+    "anomon_models_loaded",
+    "anomon_model_swaps_total",
+    "anomon_model_load_failures_total",
+    "anomon_camera_state",
     "anomon_busy_seconds_total",
     "anomon_last_frame_timestamp_seconds",
 }

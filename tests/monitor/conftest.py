@@ -23,8 +23,8 @@ from kafka import KafkaConsumer, TopicPartition
 from monitor.broker import EmbeddedBroker
 from monitor.config import ServiceConfig, load_service_config
 from monitor.kafka_client import KafkaSettings, create_topics, make_producer
-from monitor.metrics import HealthServer
-from monitor.service import MonitorService
+from monitor.metrics import HealthServer, ServiceMetrics
+from monitor.service import MonitorService, open_models
 from monitor.wire import ScoreMessage, decode, load_schema
 
 TopicFactory = Callable[..., str]
@@ -125,12 +125,15 @@ def service_topics(new_topic: TopicFactory) -> Callable[[int], ServiceTopics]:
     return create
 
 
-def service_config(bootstrap: str, topics: ServiceTopics, artifact: Path, **overrides: Any) -> ServiceConfig:
-    """A replay-mode config for tests: unique group, fast polling, dotted `overrides` on top."""
+def service_config(
+    bootstrap: str, topics: ServiceTopics, artifact: Path | None, **overrides: Any
+) -> ServiceConfig:
+    """A replay-mode config for tests: unique group, fast polling, dotted `overrides` on top (without
+    `artifact`, give `model.store`)."""
     base: dict[str, Any] = {
         "kafka.bootstrap_servers": bootstrap,
         "consumer.group_id": f"test-{uuid.uuid4().hex[:8]}",
-        "model.artifact": str(artifact),
+        "model.artifact": str(artifact) if artifact is not None else None,
         "model.backend": "onnxruntime",
         "model.threads": 1,
         "intake.mode": "replay",
@@ -149,11 +152,8 @@ class ServiceThread:
     """
 
     def __init__(self, cfg: ServiceConfig, max_idle_seconds: float | None = None) -> None:
-        from model.runtime import open_runtime
-
-        assert cfg.model.artifact is not None
-        runtime = open_runtime(cfg.model.artifact, cfg.model.backend, threads=cfg.model.threads)
-        self.service = MonitorService(cfg, runtime)
+        metrics = ServiceMetrics()
+        self.service = MonitorService(cfg, open_models(cfg, metrics), metrics)
         self.http = HealthServer(self.service.metrics, self.service.ready, "127.0.0.1", 0).start()
         self.max_idle_seconds = max_idle_seconds
         self.error: BaseException | None = None

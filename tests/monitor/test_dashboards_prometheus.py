@@ -219,7 +219,8 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
             assert prometheus.value('anomon_dead_letters_total{reason="bad-content-type"}') == 1
             assert prometheus.value("sum(rate(anomon_frames_processed_total[1m]))") > 0
             model = prometheus.query("anomon_model_info")[0]["metric"]
-            assert (model["name"], model["backend"], model["precision"]) == ("anomem", "onnxruntime", "fp32")
+            assert (model["model"], model["backend"], model["precision"]) == ("anomem", "onnxruntime", "fp32")
+            assert model["camera"] in CAMERAS and len(model["sha256"]) == 64
 
             groups = prometheus.api("rules")["groups"]
             rules = [rule for group in groups for rule in group["rules"]]

@@ -34,7 +34,9 @@ def _score(camera: str, index: int) -> wire.ScoreMessage:
         score=0.2,
         raw_score=1.0,
         anomalous=False,
-        model=wire.ModelInfo(name="anomem", version="t", backend="onnxruntime", precision="fp32"),
+        model=wire.ModelInfo(
+            name="anomem", version="t", backend="onnxruntime", precision="fp32", sha256="ab" * 32
+        ),
         latency_ms=wire.Latency(queue=1.0, inference=1.0, end_to_end=2.0),
     )
 

@@ -259,7 +259,7 @@ def test_health_and_readiness_follow_the_service(
         running.start().wait_assigned()
         assert _get(f"{running.url}/readyz") == (200, '{"status": "ready"}')
         status, text = _get(f"{running.url}/metrics")
-        assert status == 200 and 'anomon_model_info{backend="onnxruntime"' in text
+        assert status == 200 and "anomon_models_loaded 1.0" in text
         running.stop()
         assert _get(f"{running.url}/readyz")[0] == 503
         assert _get(f"{running.url}/healthz")[0] == 200

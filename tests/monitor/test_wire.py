@@ -32,7 +32,9 @@ from monitor.wire import (
     message_key,
 )
 
-MODEL = ModelInfo(name="anomem", version="ped2-2026-11-22", backend="onnxruntime", precision="fp32")
+MODEL = ModelInfo(
+    name="anomem", version="ped2-2026-11-22", backend="onnxruntime", precision="fp32", sha256="ab" * 32
+)
 CAPTURED = datetime(2026, 11, 22, 10, 0, 0, 123_000, tzinfo=UTC)
 
 
@@ -65,6 +67,7 @@ def _alert(kind: str = "start", **changes: Any) -> AlertMessage:
         ),
         "snapshot": Snapshot.from_image("image/jpeg", b"\xff\xd8\xff\xe0fake"),
         "model": MODEL,
+        "end_reason": "cleared" if kind == "end" else None,
     }
     return AlertMessage(**(fields | changes))
 
@@ -142,9 +145,17 @@ def test_invalid_scores_are_refused_by_schema_and_model(name: str, brk: Any) -> 
         decode(json.dumps(doc))
 
 
+END_TS = "2026-11-22T10:00:04.000Z"
 ALERT_BREAKS = [
     ("end without end_ts", lambda d: d | {"type": "end", "end_ts": None}),
     ("start with end_ts", lambda d: d | {"end_ts": "2026-11-22T10:00:04.000Z"}),
+    ("end without end_reason", lambda d: d | {"type": "end", "end_ts": "2026-11-22T10:00:04.000Z"}),
+    ("start with end_reason", lambda d: d | {"end_reason": "stalled"}),
+    (
+        "unknown end_reason",
+        lambda d: d | {"type": "end", "end_ts": "2026-11-22T10:00:04.000Z", "end_reason": "x"},
+    ),
+    ("model without sha256", lambda d: d | {"model": {k: v for k, v in d["model"].items() if k != "sha256"}}),
     ("unknown type", lambda d: d | {"type": "stop"}),
     ("zero frames", lambda d: d | {"frames": 0}),
     ("bad uuid", lambda d: d | {"alert_id": "not-a-uuid"}),
