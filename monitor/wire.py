@@ -36,6 +36,8 @@ FRAMES_TOPIC = "anomon.frames"
 SCORES_TOPIC = "anomon.scores"
 ALERTS_TOPIC = "anomon.alerts"
 DEAD_LETTERS_TOPIC = "anomon.frames.dlq"
+THUMBNAILS_TOPIC = "anomon.thumbnails"
+FEEDBACK_TOPIC = "anomon.feedback"
 
 # Headers of a frame record.
 HEADER_CONTENT_TYPE = "content-type"
@@ -56,6 +58,8 @@ MAX_FRAME_BYTES = 4 * 1024 * 1024
 
 SCORE_SCHEMA: Final = "anomon.score/1"
 ALERT_SCHEMA: Final = "anomon.alert/1"
+THUMBNAIL_SCHEMA: Final = "anomon.thumbnail/1"
+FEEDBACK_SCHEMA: Final = "anomon.feedback/1"
 
 # Anchored patterns are shared by the JSON Schemas and the Python checks (`re.fullmatch`). `[0-9]`, not
 # `\d`: Python's `\d` also matches non-ASCII digits.
@@ -98,6 +102,8 @@ class Topics(BaseModel):
     scores: str = SCORES_TOPIC
     alerts: str = ALERTS_TOPIC
     dead_letters: str = DEAD_LETTERS_TOPIC
+    thumbnails: str = THUMBNAILS_TOPIC
+    feedback: str = FEEDBACK_TOPIC
 
 
 def is_camera_id(value: str) -> bool:
@@ -290,16 +296,52 @@ class AlertMessage(_Message):
         return self
 
 
-OutputMessage = Annotated[ScoreMessage | AlertMessage, Field(discriminator="schema_")]
-_OUTPUT_ADAPTER: TypeAdapter[ScoreMessage | AlertMessage] = TypeAdapter(OutputMessage)
+class ThumbnailMessage(_Message):
+    """A small picture of a camera's latest scored frame (`anomon.thumbnails`), published every few
+    seconds per camera for live views: heatmap and boxes drawn, longest side `thumbnails.max_side`."""
+
+    schema_: Literal["anomon.thumbnail/1"] = Field(THUMBNAIL_SCHEMA, alias="schema")
+    camera_id: CameraId
+    frame_index: FrameIndex
+    capture_ts: Timestamp
+    score: UnitScore
+    anomalous: bool
+    regions: list[Region] = Field(default_factory=list, description="boxes in source-frame pixels")
+    model: ModelInfo
+    image: Snapshot
 
 
-def encode(message: ScoreMessage | AlertMessage) -> bytes:
+Verdict = Literal["acknowledged", "false_alarm", "real"]
+
+
+class FeedbackMessage(_Message):
+    """An operator's verdict on an alert (`anomon.feedback`, keyed by camera). A `false_alarm`'s
+    capture-time range is normal footage for the camera's next `anomon learn`."""
+
+    schema_: Literal["anomon.feedback/1"] = Field(FEEDBACK_SCHEMA, alias="schema")
+    alert_id: UUID
+    camera_id: CameraId
+    verdict: Verdict
+    ts: Timestamp = Field(description="when the operator gave it")
+    alert_start_ts: Timestamp
+    alert_end_ts: Timestamp | None = Field(description="null while the alert is open")
+    model: ModelInfo | None = Field(description="the model that raised the alert, if known")
+    note: str = Field("", max_length=1000)
+
+
+OutputMessage = Annotated[
+    ScoreMessage | AlertMessage | ThumbnailMessage | FeedbackMessage, Field(discriminator="schema_")
+]
+AnyMessage = ScoreMessage | AlertMessage | ThumbnailMessage | FeedbackMessage
+_OUTPUT_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(OutputMessage)
+
+
+def encode(message: AnyMessage) -> bytes:
     """The record value of a message: compact UTF-8 JSON."""
     return message.model_dump_json().encode()
 
 
-def decode(data: bytes | str) -> ScoreMessage | AlertMessage:
+def decode(data: bytes | str) -> AnyMessage:
     """Parse a record value of the scores or alerts topic (picked by its `schema` field), strictly:
     no type coercion, as the JSON Schemas say.
 
@@ -419,12 +461,16 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     return {
         "score": _message_schema(ScoreMessage, "urn:anomon:score:1"),
         "alert": _message_schema(AlertMessage, "urn:anomon:alert:1"),
+        "thumbnail": _message_schema(ThumbnailMessage, "urn:anomon:thumbnail:1"),
+        "feedback": _message_schema(FeedbackMessage, "urn:anomon:feedback:1"),
         "frame": frame_record_schema(),
         "dead_letter": dead_letter_schema(),
     }
 
 
-def load_schema(kind: Literal["score", "alert", "frame", "dead_letter"]) -> dict[str, Any]:
+def load_schema(
+    kind: Literal["score", "alert", "thumbnail", "feedback", "frame", "dead_letter"],
+) -> dict[str, Any]:
     """The shipped JSON Schema `monitor/schemas/<kind>.schema.json`."""
     text = resources.files("monitor").joinpath("schemas", f"{kind}.schema.json").read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)

@@ -255,3 +255,35 @@ def test_any_valid_alert_validates_against_the_schema_and_round_trips(
     data = encode(alert)
     _ALERT_VALIDATOR.validate(json.loads(data))
     assert decode(data) == alert
+
+
+def test_thumbnail_and_feedback_messages_validate_and_round_trip() -> None:
+    from monitor.wire import FeedbackMessage, ThumbnailMessage
+
+    thumbnail = ThumbnailMessage(
+        camera_id="gate-1",
+        frame_index=7,
+        capture_ts=CAPTURED,
+        score=0.7,
+        anomalous=True,
+        regions=[Region(bbox=(1, 2, 3, 4), score=0.9)],
+        model=MODEL,
+        image=Snapshot.from_image("image/jpeg", b"\xff\xd8\xff\xe0fake"),
+    )
+    feedback = FeedbackMessage(
+        alert_id=uuid.UUID("8c4f2a9e-0d6b-4d0e-9a53-5d9e3c1f7b21"),
+        camera_id="gate-1",
+        verdict="false_alarm",
+        ts=CAPTURED,
+        alert_start_ts=CAPTURED,
+        alert_end_ts=None,
+        model=MODEL,
+    )
+    for kind, message in (("thumbnail", thumbnail), ("feedback", feedback)):
+        data = encode(message)
+        _validator(kind).validate(json.loads(data))
+        assert decode(data) == message
+    broken = json.loads(encode(feedback)) | {"verdict": "maybe"}
+    assert not _validator("feedback").is_valid(broken)
+    with pytest.raises(WireError):
+        decode(json.dumps(broken))
