@@ -8,6 +8,7 @@ messages, ready to publish.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from kafka.structs import TopicPartition
 
 from monitor import wire
 from monitor.camera import AlertEvent, CameraState, PerCameraSettings
+from monitor.config import ThumbnailSettings
 from monitor.frames import ConsumedRecord, FrameError
 from monitor.localize import Region
 from monitor.metrics import ServiceMetrics, ServiceStats
 from monitor.scoring import Inference, LoadedModel
-from monitor.snapshot import SnapshotError
+from monitor.snapshot import SnapshotError, render_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Scored:
     scores: list[wire.ScoreMessage] = field(default_factory=list)
     alerts: list[wire.AlertMessage] = field(default_factory=list)
     rejected: list[tuple[ConsumedRecord, FrameError]] = field(default_factory=list)
+    thumbnails: list[wire.ThumbnailMessage] = field(default_factory=list)
     captures: list[float] = field(default_factory=list)  # Unix seconds, one per score
 
 
@@ -63,8 +66,16 @@ class Cameras:
         stats: the run's totals.
     """
 
-    def __init__(self, settings: PerCameraSettings, metrics: ServiceMetrics, stats: ServiceStats) -> None:
+    def __init__(
+        self,
+        settings: PerCameraSettings,
+        metrics: ServiceMetrics,
+        stats: ServiceStats,
+        thumbnails: ThumbnailSettings | None = None,
+    ) -> None:
         self.settings = settings
+        self.thumbnail_settings = thumbnails or ThumbnailSettings()
+        self._thumbnailed: dict[str, float] = {}  # time.monotonic() of each camera's latest thumbnail
         self.metrics = metrics
         self.stats = stats
         self.states: dict[str, CameraState] = {}
@@ -170,6 +181,9 @@ class Cameras:
                 )
             )
             out.captures.append(capture)
+            thumbnail = self._thumbnail(frame.image, amap, verdict.regions, out.scores[-1])
+            if thumbnail is not None:
+                out.thumbnails.append(thumbnail)
             self.metrics.queue_seconds.observe(max(0.0, inference.started - capture))
             self.metrics.anomaly_score.labels(record.camera_id).set(verdict.score)
             self.metrics.last_frame_timestamp.labels(record.camera_id).set(capture)
@@ -209,6 +223,43 @@ class Cameras:
                 self.metrics.alerts_active.labels(camera_id).set(0)
                 self.peaks.pop(camera_id, None)
         return messages
+
+    def _thumbnail(
+        self, image: np.ndarray, amap: np.ndarray, regions: tuple[Region, ...], score: wire.ScoreMessage
+    ) -> wire.ThumbnailMessage | None:
+        """A small picture of the frame, at most one per camera per interval."""
+        cfg = self.thumbnail_settings
+        now = time.monotonic()
+        camera_id = score.camera_id
+        if not cfg.enabled or now - self._thumbnailed.get(camera_id, -math.inf) < cfg.interval_seconds:
+            return None
+        self._thumbnailed[camera_id] = now
+        clock = time.perf_counter()
+        try:
+            data = render_snapshot(
+                image,
+                amap,
+                regions,
+                self.states[camera_id].map_scale,
+                max_side=cfg.max_side,
+                max_bytes=cfg.max_bytes,
+                quality=cfg.quality,
+            )
+        except SnapshotError as err:
+            log.warning("camera %s: thumbnail left out: %s", camera_id, err)
+            return None
+        finally:
+            self.metrics.thumbnail_seconds.inc(time.perf_counter() - clock)
+        return wire.ThumbnailMessage(
+            camera_id=camera_id,
+            frame_index=score.frame_index,
+            capture_ts=score.capture_ts,
+            score=score.score,
+            anomalous=score.anomalous,
+            regions=score.regions,
+            model=score.model,
+            image=wire.Snapshot.from_image("image/jpeg", data),
+        )
 
     def _snapshot(self, camera_id: str) -> wire.Snapshot | None:
         peak = self.peaks.get(camera_id)
@@ -252,4 +303,5 @@ class Cameras:
             )
         self.partition.pop(camera_id, None)
         self.last_seen.pop(camera_id, None)
+        self._thumbnailed.pop(camera_id, None)
         self.status.pop(camera_id, None)

@@ -102,6 +102,18 @@ class IntakeSettings(_Section):
     decode_workers: int = Field(2, ge=1, le=64)
 
 
+class ThumbnailSettings(_Section):
+    """Small pictures of each camera's latest scored frame, for live views (`anomon console`)."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(
+        2.0, gt=0, le=3600, description="at most one thumbnail per camera per this many seconds"
+    )
+    max_side: int = Field(320, ge=32, le=2048, description="longest side in pixels")
+    quality: int = Field(70, ge=20, le=100, description="JPEG quality")
+    max_bytes: int = Field(60_000, ge=2048, description="size cap; the quality is lowered to fit")
+
+
 class HttpSettings(_Section):
     """The metrics/health endpoint."""
 
@@ -121,6 +133,7 @@ class ServiceConfig(_Section):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     cameras: PerCameraSettings = Field(default_factory=PerCameraSettings)
+    thumbnails: ThumbnailSettings = Field(default_factory=ThumbnailSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
 
 

@@ -126,6 +126,11 @@ class ServiceMetrics:
             ["camera"],
             registry=r,
         )
+        self.thumbnail_seconds = Counter(
+            "anomon_thumbnail_seconds",
+            "Time spent rendering camera thumbnails (rate = the share of a core they cost)",
+            registry=r,
+        )
         self.models_loaded = Gauge("anomon_models_loaded", "Distinct models loaded", registry=r)
         self.model_memory = Gauge(
             "anomon_model_memory_bytes",

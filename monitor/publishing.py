@@ -60,6 +60,10 @@ class Publisher:
             self._send(self.topics.scores, message.camera_id, wire.encode(message))
         self._captures.extend(captures)
 
+    def thumbnails(self, messages: list[wire.ThumbnailMessage]) -> None:
+        for message in messages:
+            self._send(self.topics.thumbnails, message.camera_id, wire.encode(message))
+
     def alerts(self, messages: list[wire.AlertMessage]) -> None:
         for message in messages:
             self._send(self.topics.alerts, message.camera_id, wire.encode(message))

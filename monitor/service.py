@@ -126,7 +126,7 @@ class MonitorService:
             workers = plan_model(cfg.model).workers
             backend = choose_backend(cfg.model.backend, Availability.probe())[0]
         self.intake = Intake(cfg.intake, self.router.model_for, self.metrics)
-        self.cameras = Cameras(cfg.cameras, self.metrics, self.stats)
+        self.cameras = Cameras(cfg.cameras, self.metrics, self.stats, cfg.thumbnails)
         self.models = ModelWorkers(workers, backend)
         self.workers = self.models.workers
         self.publisher: Publisher | None = None
@@ -231,6 +231,7 @@ class MonitorService:
             self.publisher.dead_letter(consumed, error)
         self.publisher.scores(scored.scores, scored.captures)
         self.publisher.alerts(scored.alerts)
+        self.publisher.thumbnails(scored.thumbnails)
 
     def _busy_models(self) -> int:
         return sum(not batch.scored for batch in self._inflight)
@@ -525,7 +526,8 @@ def serve(
     router = open_models(cfg, metrics)
     topics = cfg.topics
     # Output topics get one partition each (records stay keyed by camera); existing topics are left alone.
-    create_topics(cfg.kafka, {topics.scores: 1, topics.alerts: 1, topics.dead_letters: 1})
+    outputs = [topics.scores, topics.alerts, topics.dead_letters, topics.thumbnails]
+    create_topics(cfg.kafka, dict.fromkeys(outputs, 1))
     service = MonitorService(cfg, router, metrics)
     plan = plan_model(cfg.model)
     fixed = router.fixed

@@ -105,6 +105,7 @@ class ServiceTopics:
     scores: str
     alerts: str
     dead_letters: str
+    thumbnails: str
 
     def config(self) -> dict[str, str]:
         return {f"topics.{name}": value for name, value in asdict(self).items()}
@@ -120,6 +121,7 @@ def service_topics(new_topic: TopicFactory) -> Callable[[int], ServiceTopics]:
             scores=new_topic(1, ".scores"),
             alerts=new_topic(1, ".alerts"),
             dead_letters=new_topic(1, ".dlq"),
+            thumbnails=new_topic(1, ".thumbnails"),
         )
 
     return create

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -95,3 +96,20 @@ def test_cameras_on_revoked_partitions_are_found_and_dropped(model: LoadedModel)
     assert cameras.on({TopicPartition("f", 1)}) == ["b"]
     cameras.drop("gate-1")
     assert "gate-1" not in cameras.states
+
+
+def test_a_thumbnail_per_camera_at_most_once_per_interval_with_the_frame_drawn(model: LoadedModel) -> None:
+    from monitor.config import ThumbnailSettings
+
+    stats = ServiceStats()
+    settings = PerCameraSettings.model_validate({"defaults": {"smoothing_frames": 1}})
+    cameras = Cameras(settings, ServiceMetrics(), stats, ThumbnailSettings(interval_seconds=60, max_side=64))
+    scored = cameras.score(_inference(model, [_raw(model, 20)] * 3))
+    (thumbnail,) = scored.thumbnails
+    assert (thumbnail.camera_id, thumbnail.frame_index) == ("gate-1", 0)
+    assert thumbnail.model == model.info and thumbnail.regions == scored.scores[0].regions
+    image = cv2.imdecode(np.frombuffer(thumbnail.image.image_bytes(), np.uint8), cv2.IMREAD_COLOR)
+    assert max(image.shape[:2]) <= 64
+    assert cameras.score(_inference(model, [0.0])).thumbnails == []  # within the interval
+    off = Cameras(settings, ServiceMetrics(), ServiceStats(), ThumbnailSettings(enabled=False))
+    assert off.score(_inference(model, [0.0])).thumbnails == []

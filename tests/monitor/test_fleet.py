@@ -16,7 +16,7 @@ from monitor.config import ServiceConfig
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.store import ModelStore
-from monitor.wire import AlertMessage, ScoreMessage, decode
+from monitor.wire import AlertMessage, ScoreMessage, ThumbnailMessage, decode
 from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, service_config
 
 TopicsFactory = Any
@@ -115,6 +115,13 @@ def test_each_camera_is_scored_by_its_own_model_and_a_camera_without_one_is_lear
     assert by_camera == {"gate": {gate.sha256}, "yard": {yard.sha256}}
     assert len(read_records(topics.dead_letters, 1, timeout_s=2)) == 0
     assert running.service.stats.processed == 24 and running.service.stats.dead_letters == 0
+    # The live view's thumbnails: the first frame of each scored camera (then one per 2 s), none of
+    # the learning camera.
+    thumbnails = [decode(r.value) for r in read_records(topics.thumbnails, 3, timeout_s=5)]
+    assert sorted((t.camera_id, t.model.sha256) for t in thumbnails if isinstance(t, ThumbnailMessage)) == [
+        ("gate", gate.sha256),
+        ("yard", yard.sha256),
+    ]
 
 
 def test_a_new_version_swaps_the_camera_live_without_losing_or_repeating_a_frame(
