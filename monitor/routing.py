@@ -124,12 +124,12 @@ class ModelRouter:
                 serving[camera] = previous[camera]
         with self._lock:
             self._serving = serving
+            # A model no camera routes to is dropped, not closed: frames still in flight hold it, and
+            # it is freed with the last of them.
             unused = [p for p in self._loaded if p not in {e.path for e in serving.values()}]
-            closed = [self._loaded.pop(p) for p in unused]
             for path in unused:
+                del self._loaded[path]
                 self._memory.pop(path, None)
-        for model in closed:
-            model.runtime.close()
         for camera, entry in serving.items():
             if camera is not None and camera in previous and previous[camera].path != entry.path:
                 log.info(
