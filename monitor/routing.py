@@ -112,8 +112,12 @@ class ModelRouter:
 
     def _load_changes(self) -> None:
         assert self.store is not None
-        fingerprint = self.store.fingerprint()
-        wanted = self.store.serving()
+        try:
+            fingerprint = self.store.fingerprint()
+            wanted = self.store.serving()
+        except (OSError, StoreError) as err:  # the store went away: keep serving what is loaded
+            log.warning("model store unreadable (%s); cameras keep their models", err)
+            return
         with self._lock:
             previous = dict(self._serving)
         serving: dict[str | None, StoreEntry] = {}
