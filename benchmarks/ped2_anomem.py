@@ -30,61 +30,14 @@ from model.pipeline import build_model, calibrate_on, load_model, split_holdout,
 ROOT = Path(__file__).resolve().parent
 
 
-def scale_sum(scales: int = 3, motion: bool = True) -> dict[str, Any]:
-    """The one-class score of v5 and earlier: equal weights on the raw top-k of each scale, no speed.
-
-    Checkpoints trained then load with exactly these weights (model/checkpoint.py), so the rows
-    below that were trained with them reuse their checkpoints.
-    """
-    return {
-        "model.score_weights": [1.0 / scales] * scales + ([0.0] if motion else []),
-        "model.standardize_terms": False,
-        "model.topk_pooling": "cells",
-    }
-
-
-# Every row below the default was trained before the speed term read one object's window, so it
-# keeps the fastest cells (`motion_pooling: cells`, what its checkpoint loads with).
-CELLS = {"model.motion_pooling": "cells"}
-# Every row below v8 was trained before motion near the frame's edges was dropped, so it keeps that
-# motion (`edge_motion: keep`, what its checkpoint loads with).
-KEPT = {"model.edge_motion": "keep", **CELLS}
-# The rows below the v5 row were trained when motion was the normal-flow speed (`flow`) and the score
-# the plain sum of the scales, so they keep both: they compare encoders, scales and motion with one
-# another under that score.
-FLOW = {"model.motion_features": "flow", **scale_sum(), **KEPT}
-FROZEN = {"model.freeze_encoder": True, "train.epochs": 6, "train.encoder_lr": None, **FLOW}
 VARIANTS: dict[str, dict[str, Any]] = {
-    # Defaults (v9): EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion
-    # as the Lucas-Kanade optical-flow speed, dropped within the flow window's reach of the frame's
-    # edges; the one-class score adds the 3 scales' terms (each the top-k mean over the same image
-    # area) and a speed term (the largest mean speed over one object-sized window, measured on the
-    # training frames), each standardized over the normal training frames, with equal weights.
-    # Its checkpoint is v8's network with the score refitted (`anomon refit`, docs/experiments.md).
+    # Defaults: EfficientNet-Lite0 from ImageNet weights, fine-tuned by stage 1; 3 scales; motion as
+    # the Lucas-Kanade optical-flow speed, dropped within the flow window's reach of the frame's edges;
+    # the one-class score adds the 3 scales' terms (each the top-k mean over the same image area) and
+    # a speed term (the largest mean speed over one object-sized window, measured on the training
+    # frames), each standardized over the normal training frames, with equal weights. The variants
+    # of earlier model versions are in docs/experiments.md with their numbers.
     "anomem-default": {},
-    # v8: the same network, the speed term the mean of the 16 fastest cells anywhere.
-    "v8-speed-cells": CELLS,
-    # v7: the same with motion kept up to the edges.
-    "v7-edge-motion-kept": KEPT,
-    # v6: v7's network and score, each scale's term the top-8 cells of its own grid.
-    "v6-cells": {"model.topk_pooling": "cells", **KEPT},
-    # v5: v7's network, scored by the plain sum of the scales' top-8 cells.
-    "v5-scale-sum": {**scale_sum(), **KEPT},
-    # v4: the v5 score with the normal-flow speed per cell.
-    "normal-flow-motion": FLOW,
-    # v3: the pretrained encoder frozen, only memories and heads trained.
-    "frozen-encoder": FROZEN,
-    # Ablations of the frozen-encoder configuration (trained before fine-tuning became the default).
-    "frozen-one-scale": {**FROZEN, "model.scales": [2], **scale_sum(1)},
-    "frozen-no-motion": {**FROZEN, "input.motion": False, **scale_sum(motion=False)},
-    "frozen-global-stats": {**FROZEN, "model.per_position_stats": False},
-    # The paper's encoder: ResNet-18 from scratch, trained by stage 1 (same 3 epochs, one learning rate).
-    "resnet18-scratch": {
-        "model.encoder": "resnet18",
-        "model.pretrained": False,
-        "train.encoder_lr": None,
-        **FLOW,
-    },
 }
 RESCORED_FROM = "anomem-default"  # the rows below score this variant's network another way
 RESCORED: dict[str, dict[str, Any]] = {
@@ -187,20 +140,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "time of `anomon train` (stage 1 + stage 2 + calibration) on this CPU."
     )
     rows_note = (
-        "Rows: anomem-default is the default config (v9: motion within the flow window's reach of the "
-        "frame's edges dropped; standardized scale terms, each pooled over the same image area, plus a "
-        "speed term over one object-sized window measured on the training frames), copied to the "
-        "artifact path (`--artifact`); its checkpoint, when reused from --workdir, is v8's network with "
-        "the score refitted by `anomon refit` (stage 1 does not see the score; train s is the v8 "
-        "training's). v8-speed-cells is the same network with v8's speed term (the 16 fastest cells "
-        "anywhere). v7-edge-motion-kept is the v7 config, motion kept up to the edges (the default "
-        "before `edge_motion`). v6-cells and v5-scale-sum are v7-edge-motion-kept's network (trainings "
-        "of the same config give identical weights) with the v6 score (top-8 cells of every grid) and "
-        "the v5 score (plain sum of the scales' top-8 cells); the rows from normal-flow-motion to "
-        "resnet18-scratch were trained with that score and keep it, so they compare encoders, scales "
-        "and motion with one another. The last rows rescore the default's network: without the speed "
-        "term, with the Deep-SVDD detector, and a test-informed diagnostic (coarse scale and speed "
-        "only; not a candidate, see docs/experiments.md)."
+        "Rows: anomem-default is the default config, copied to the artifact path (`--artifact`). The "
+        "last rows rescore its network: without the speed term, with the Deep-SVDD detector, and a "
+        "test-informed diagnostic (coarse scale and speed only; not a candidate, see docs/experiments.md)."
     )
     return (
         "# AnoMem on UCSD Ped2\n\n"

@@ -18,9 +18,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.calibration import Calibration
-from model.config import AnoMemConfig, ExperimentConfig, score_terms
+from model.config import ExperimentConfig
 
-FORMAT = "anomon.checkpoint/1"
+FORMAT = "anomon.checkpoint/2"
+# What rebuilds a checkpoint of an older format: the model config changed, so only training does.
+RETRAIN = "anomon train --config CONFIG --data TRAINING_DATA --out {out}"
 
 
 class CheckpointError(ValueError):
@@ -71,8 +73,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
     """Read and verify a checkpoint.
 
     Raises:
-        CheckpointError: missing file, not a safetensors file, unknown format, or weights that do
-            not match their recorded hash.
+        CheckpointError: missing file, not a safetensors file, a format other than this anomon's
+            (an older one names the command that rebuilds it), or weights that do not match their
+            recorded hash.
     """
     path = Path(path)
     if not path.is_file():
@@ -87,68 +90,38 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], Checkpoi
         raise CheckpointError(f"{path} has no anomon metadata: not a checkpoint written by anomon train")
     try:
         fields = json.loads(raw)
-        meta = CheckpointMeta.model_validate(with_legacy_fields(fields))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: metadata is not JSON ({err})") from None
+    refused = format_error(fields, FORMAT, f"{path}: checkpoint", RETRAIN.format(out=path))
+    if refused:
+        raise CheckpointError(refused)
+    try:
+        meta = CheckpointMeta.model_validate(fields)
     except ValueError as err:
         raise CheckpointError(f"{path}: metadata does not validate ({str(err).splitlines()[0]})") from None
-    if meta.format != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.format!r} is not supported (expected {FORMAT})")
     if weights_digest(tensors) != meta.weights_sha256:
         raise CheckpointError(
             f"{path}: weights do not match the hash in its metadata (altered or damaged file)"
         )
-    if _anomem_without(fields, "score_weights"):
-        meta = _upgrade_score_terms(meta, tensors)
-    if _anomem_without(fields, "topk_pooling"):
-        meta = _with_model_fields(meta, topk_pooling="cells")  # v7 changed the default to "area"
-    if _model_without(fields, "daad", "latent_stats"):
-        meta = _with_model_fields(meta, latent_stats="frame")  # raw latent cells, as it was trained
-    if _model_without(fields, "daad", "speed_weight"):
-        meta = _with_model_fields(meta, speed_weight=0.0)  # its score had no speed term
-    for name in ("anomem", "daad"):
-        if _model_without(fields, name, "edge_motion"):
-            meta = _with_model_fields(meta, edge_motion="keep")  # trained on motion up to the edges
     return tensors, meta
 
 
-def with_legacy_fields(fields: Any) -> Any:
-    """Checkpoint or artifact metadata with the settings added since it was written filled in as it was
-    trained, before validation (where a newer default would contradict its other settings)."""
-    if _anomem_without(fields, "motion_pooling"):
-        model = dict(fields["config"]["model"], motion_pooling="cells")  # v9's default: object
-        fields = {**fields, "config": {**fields["config"], "model": model}}
-    return fields
-
-
-def _model_without(fields: Any, name: str, key: str) -> bool:
-    """Whether metadata is a `name` checkpoint's from before its model config had `key`."""
-    try:
-        model = fields["config"]["model"]
-    except (KeyError, TypeError):
-        return False
-    return isinstance(model, dict) and model.get("name", "anomem") == name and key not in model
-
-
-def _anomem_without(fields: Any, key: str) -> bool:
-    return _model_without(fields, "anomem", key)
-
-
-def _with_model_fields(meta: CheckpointMeta, **update: Any) -> CheckpointMeta:
-    cfg = meta.config
-    model_cfg = cfg.model.model_copy(update=update)
-    return meta.model_copy(update={"config": cfg.model_copy(update={"model": model_cfg})})
-
-
-def _upgrade_score_terms(meta: CheckpointMeta, tensors: dict[str, torch.Tensor]) -> CheckpointMeta:
-    """Let an AnoMem checkpoint from before the speed term score exactly as it did.
-
-    Its one-class score was sum_l scale_weight_l * top-k(D_l): the same terms, not standardized
-    (identity statistics), the scale weights, and weight 0 on the motion term.
-    """
-    cfg = meta.config
-    assert isinstance(cfg.model, AnoMemConfig)
-    terms = score_terms(cfg.model, cfg.input)
-    scales = len(cfg.model.scales)
-    weights = cfg.model.scale_weights or tuple(1.0 / scales for _ in range(scales))
-    weights = (*weights, *(0.0 for _ in range(terms - scales)))
-    tensors.setdefault("term_stats", torch.stack([torch.zeros(terms), torch.ones(terms)]))
-    return _with_model_fields(meta, score_weights=weights, standardize_terms=False)
+def format_error(fields: Any, current: str, what: str, rebuild: str) -> str | None:
+    """Why metadata `fields` of another format than `current` (e.g. "anomon.checkpoint/2") is refused,
+    in one line naming the format and model version it has and, for an older one, the `rebuild`
+    command; None when it is `current`."""
+    if not isinstance(fields, dict):
+        return f"{what} metadata is not a mapping"
+    found = fields.get("format")
+    if found == current:
+        return None
+    model = f"{fields.get('name', '?')} {fields.get('version', '?')}"
+    family, _, number = current.rpartition("/")
+    if isinstance(found, str) and found.startswith(f"{family}/"):
+        older = found.removeprefix(f"{family}/")
+        if older.isdigit() and int(older) < int(number):
+            return (
+                f"{what} format {found} (model {model}) is older than this anomon reads ({current}): "
+                f"rebuild it with {rebuild}"
+            )
+    return f"{what} format {found!r} (model {model}) is not supported (expected {current})"

@@ -36,7 +36,13 @@ def _odd_window(value: int) -> int:
 
 OddWindow = Annotated[
     int,
-    Field(ge=3, le=63, description="lk: least-squares window in input pixels (odd)"),
+    Field(
+        ge=3,
+        le=63,
+        description="least-squares window of the Lucas-Kanade speed in input pixels (odd); motion within "
+        "flow_window // 2 + 3 pixels of the frame's edges is set to 0 (content entering the frame has no "
+        "match in the previous frame, so flow there reads an entering walker as fast)",
+    ),
     AfterValidator(_odd_window),
 ]
 
@@ -50,16 +56,6 @@ FlowLevels = Annotated[
         "about 3 px per frame at the input size and less beyond, 2 up to about 6, 3 up to about 10, "
         "high by up to a half near the top (benchmarks/lk_range.py): more than 1 for scenes with "
         "objects faster than walkers (vehicles)",
-    ),
-]
-
-
-EdgeMotion = Annotated[
-    Literal["keep", "drop"],
-    Field(
-        description="motion within flow_window // 2 + 3 pixels of the frame's edges: drop (set to 0: "
-        "content entering the frame has no match in the previous frame, so flow there reads an "
-        "entering walker as fast) or keep (as computed; before this setting existed)"
     ),
 ]
 
@@ -106,30 +102,22 @@ class AnoMemConfig(_Strict):
         MemoryConfig(slots=512),
         MemoryConfig(slots=1024),
     )
-    motion_features: Literal["diff", "flow", "lk"] = Field(
-        "lk",
-        description="per-cell motion statistics: diff (mean and max frame difference), flow (normal-flow "
-        "speed), lk (Lucas-Kanade optical-flow speed over flow_window pixels)",
-    )
     flow_window: OddWindow = 15
     flow_levels: FlowLevels = 1
-    edge_motion: EdgeMotion = "drop"  # the motion statistics of the memories and the speed term
     motion_noise_floor: float = Field(
         0.0,
         ge=0,
         le=64,
-        description="lk: grey levels subtracted from |frame - previous| (floored at 0) before the "
+        description="grey levels subtracted from |frame - previous| (floored at 0) before the "
         "memories see it, so sensor and compression noise on a still scene reads as no motion; 0: off",
     )
     motion_weight: float = Field(2.0, ge=0)
     proj_dim: int = Field(128, ge=8)
     topk: int = Field(
-        8, ge=1, description="each scale's term is the mean of its largest deviations: see topk_pooling"
-    )
-    topk_pooling: Literal["cells", "area"] = Field(
-        "area",
-        description="cells: k cells of every scale's grid; area: k cells of the stride-32 grid and the "
-        "same image area on the finer grids (4x the cells per halving of the stride; before v7: cells)",
+        8,
+        ge=1,
+        description="each scale's term is the mean of its largest deviations: k cells of the stride-32 "
+        "grid and the same image area on the finer grids (4x the cells per halving of the stride)",
     )
     scale_weights: tuple[float, ...] | None = Field(
         None, description="weights of the scales in the anomaly map; None: equal"
@@ -139,27 +127,11 @@ class AnoMemConfig(_Strict):
         description="weights of the one-class score's terms, each standardized over the normal training "
         "frames: one per scale, then the motion term when the input has motion; None: equal",
     )
-    motion_topk: int = Field(
-        16,
-        ge=1,
-        description="motion_pooling cells: the motion term is the mean speed of the k fastest stride-8 cells",
-    )
-    motion_pooling: Literal["cells", "object"] = Field(
-        "object",
-        description="the motion term: cells (the mean of the motion_topk fastest stride-8 cells anywhere in "
-        "the frame; before v9: a crowd's many limbs read fast) or object (the largest mean speed over one "
-        "object_window of cells; lk motion only)",
-    )
     object_window: tuple[int, int] | None = Field(
         None,
-        description="motion_pooling object: the window in stride-8 cells (high, wide); None: measured by "
-        "anomon train on the training frames (the median bounding box of connected moving regions) and "
-        "stored in the checkpoint",
-    )
-    standardize_terms: bool = Field(
-        True,
-        description="standardize each one-class score term by its mean and std over the normal "
-        "training frames (false: weigh the raw terms, the score before v6)",
+        description="the speed term is the largest mean Lucas-Kanade speed over a window of this many "
+        "stride-8 cells (high, wide), one moving object's size; None: measured by anomon train on the "
+        "training frames (the median bounding box of connected moving regions) and stored in the checkpoint",
     )
     map_sigma: float = Field(1.0, ge=0)
     score: Literal["oneclass", "svdd", "classifier"] = "oneclass"
@@ -184,11 +156,6 @@ class AnoMemConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_lengths(self) -> AnoMemConfig:
-        if self.motion_pooling == "object" and self.motion_features != "lk":
-            raise ValueError(
-                f"motion_pooling: 'object' needs motion_features 'lk' (got {self.motion_features!r}); "
-                "for other motion features set model.motion_pooling: cells"
-            )
         if len(self.memories) != 3:
             raise ValueError("memories: must list 3 entries, one per encoder scale (unused ones are ignored)")
         if self.scale_weights is not None and len(self.scale_weights) != len(self.scales):
@@ -241,23 +208,17 @@ class DAADConfig(_Strict):
         4,
         ge=1,
         description="latent distance: mean of the k largest per-cell distances of the discriminator's "
-        "penultimate maps (None: distance of the spatially pooled features)",
-    )
-    latent_stats: Literal["frame", "position"] = Field(
-        "position",
-        description="per-cell latent distances: position (standardized with each cell's normal mean and "
-        "std before the top-k, like the error cells) or frame (raw; before it existed); ignored when "
-        "latent_topk is None",
+        "penultimate maps, each standardized with its cell's normal mean and std like the error cells "
+        "(None: distance of the spatially pooled features)",
     )
     speed_weight: float = Field(
         1.0,
         ge=0,
         description="weight of the speed term in the score (with motion input): the mean Lucas-Kanade "
         "speed over flow_window pixels of the speed_topk fastest map cells, standardized over normal "
-        "frames like the other terms, as AnoMem's score has it; 0: off (the score before it existed)",
+        "frames like the other terms, as AnoMem's score has it; 0: off",
     )
     speed_topk: int = Field(16, ge=1, description="the speed term pools the k fastest map cells")
-    edge_motion: EdgeMotion = "drop"  # the motion channel and the speed term
     map_stride: int = Field(8, ge=1, description="anomaly map cell size in input pixels")
     topk: int = Field(16, ge=1, description="the reconstruction score is the mean of the k worst cells")
     map_sigma: float = Field(1.0, ge=0)
@@ -292,7 +253,7 @@ class DAADConfig(_Strict):
 
 
 def _model_name(value: Any) -> str:
-    """The model config's tag; a config without `name` is AnoMem (configs written before DAAD)."""
+    """The model config's tag; a model section without `name` is the default model, AnoMem."""
     if isinstance(value, dict):
         return str(value.get("name", "anomem"))
     return str(getattr(value, "name", "anomem"))
@@ -402,7 +363,7 @@ def _error_line(err: ValidationError, source: str) -> str:
         loc = ["model", "name"]
     if len(loc) <= 1 and first["type"] == "value_error":
         # Checks across fields start their message with the field: "model.score_weights: ..." for
-        # ExperimentConfig's, "motion_pooling: ..." inside a section.
+        # ExperimentConfig's, "memories: ..." inside a section.
         field, sep, message = str(first["ctx"]["error"]).partition(": ")
         if sep and field.replace(".", "").replace("_", "").isalnum():
             return f"{source}: field '{'.'.join([*map(str, loc), field])}': {message}"

@@ -27,10 +27,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from model.calibration import Calibration
-from model.checkpoint import CheckpointError, CheckpointMeta, with_legacy_fields
+from model.checkpoint import RETRAIN, CheckpointError, CheckpointMeta, format_error
 from model.config import ExperimentConfig
 
-FORMAT = "anomon.artifact/1"
+FORMAT = "anomon.artifact/2"
 ONNX_FILE = "model.onnx"
 META_FILE = "model.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -277,18 +277,26 @@ def load_artifact_meta(artifact_dir: str | Path, verify: bool = True) -> Artifac
     """Read DIR/model.json and (by default) check model.onnx against the hash it records.
 
     Raises:
-        ArtifactError: missing files, unknown format or a model.onnx that does not match its hash.
+        ArtifactError: missing files, another format (an older one names the commands that rebuild
+            it) or a model.onnx that does not match its hash.
     """
     root = Path(artifact_dir)
     meta_path = root / META_FILE
     if not meta_path.is_file():
         raise ArtifactError(f"{root} is not an exported artifact: {META_FILE} not found (run anomon export)")
     try:
-        meta = ArtifactMeta.model_validate(with_legacy_fields(json.loads(meta_path.read_text())))
+        fields = json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise ArtifactError(f"{meta_path}: not JSON ({err})") from None
+    # Its checkpoint is as old as it is: training rebuilds that, export the artifact.
+    rebuild = f"{RETRAIN.format(out='CKPT')}, then anomon export --checkpoint CKPT --out {root}"
+    refused = format_error(fields, FORMAT, f"{meta_path}: artifact", rebuild)
+    if refused:
+        raise ArtifactError(refused)
+    try:
+        meta = ArtifactMeta.model_validate(fields)
     except ValueError as err:
         raise ArtifactError(f"{meta_path}: does not validate ({str(err).splitlines()[0]})") from None
-    if meta.format != FORMAT:
-        raise ArtifactError(f"{meta_path}: format {meta.format!r} is not supported (expected {FORMAT})")
     onnx_path = root / meta.onnx_file
     if verify:
         if not onnx_path.is_file():

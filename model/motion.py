@@ -36,12 +36,6 @@ def drop_edges(x: torch.Tensor, margin: int) -> torch.Tensor:
     return F.pad(x[..., margin : h - margin, margin : w - margin], (margin, margin, margin, margin))
 
 
-def edge_motion(x: torch.Tensor, mode: str, window: int) -> torch.Tensor:
-    """Motion maps as a model's `edge_motion` setting has them: `drop` zeroes the `edge_margin` of a
-    `window`-wide flow, `keep` leaves them as computed."""
-    return x if mode == "keep" else drop_edges(x, edge_margin(window))
-
-
 def _blur(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.avg_pool2d(x, size, stride=1, padding=size // 2, count_include_pad=False)
 
@@ -65,21 +59,6 @@ def _window_mean(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
     ones = x.new_ones(1, 1, x.shape[-2], x.shape[-1])
     counts = F.conv2d(F.conv2d(ones, row[:1], padding=(0, pad)), column[:1], padding=(pad, 0))
     return sums / counts
-
-
-def normal_flow_field(current: torch.Tensor, previous: torch.Tensor, sobel: torch.Tensor) -> torch.Tensor:
-    """|dI/dt| and |grad I| of frames in [0, 1], both averaged over colour: [B, C, H, W] -> [B, 2, H, W].
-
-    Their ratio summed over a cell, sum|dI/dt| / sum|grad I|, is the normal-flow speed (the motion
-    component along the gradient, from the optical-flow constraint).
-    """
-    # A 3x3 blur keeps pixel noise out of the temporal and spatial derivatives.
-    current = _blur(current, 3)
-    previous = _blur(previous, 3)
-    temporal = (current - previous).abs().mean(dim=1, keepdim=True)
-    mid = ((current + previous) / 2).mean(dim=1, keepdim=True)
-    gradient = F.conv2d(F.pad(mid, (1, 1, 1, 1), mode="replicate"), sobel).pow(2).sum(1, keepdim=True)
-    return torch.cat([temporal, gradient.add(1e-12).sqrt()], dim=1)
 
 
 def lucas_kanade_speed(
@@ -129,7 +108,7 @@ def pyramid_speed(
     estimate where it reads more than 2^l px (2 px at the finer level's resolution, inside the range
     that level measures). No warping: each level reads the two frames directly. A level's estimate
     within its own reach of the frame's edges (`edge_margin`) is left out, as the finest level's is by
-    `edge_motion`; a level too small to have an interior is not used.
+    the model; a level too small to have an interior is not used.
     """
     speed = lucas_kanade_speed(current, previous, sobel, window)
     coarse_window = max(3, (window // 2) | 1)

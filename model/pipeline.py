@@ -248,15 +248,7 @@ def recalibrate(
 
 # The one-class score's settings: they decide the term statistics and the threshold, which training
 # fits after stage 1, and nothing the network learned.
-SCORE_FIELDS = (
-    "topk",
-    "topk_pooling",
-    "motion_topk",
-    "motion_pooling",
-    "object_window",
-    "score_weights",
-    "standardize_terms",
-)
+SCORE_FIELDS = ("topk", "object_window", "score_weights")
 
 
 def refit_score(
@@ -270,13 +262,13 @@ def refit_score(
 
     What training does after stage 1 for the score, on the same split of the same footage: measure
     `object_window` when the settings leave it unset, fit the term statistics on the training frames
-    and calibrate on the held-out clips (at the checkpoint's false-alarm rate). So a checkpoint
-    trained before a scoring change can be served with it, and compared with it, without retraining.
+    and calibrate on the held-out clips (at the checkpoint's false-alarm rate). So one network can
+    be served, and compared, under other score settings without retraining.
 
     Args:
         checkpoint: a finished AnoMem checkpoint.
         data: the footage it was trained on (checked against its fingerprint).
-        overrides: dotted `model.*` score settings (SCORE_FIELDS), e.g. {"model.motion_pooling": "object"}.
+        overrides: dotted `model.*` score settings (SCORE_FIELDS), e.g. {"model.topk": 4}.
         out: where to write (default: in place).
         version: the refitted model's version (default: the checkpoint's with "-refit").
     """

@@ -19,9 +19,11 @@ from model.anomem.detector import DeviationDetector
 from model.backbones import build_backbone
 from model.config import AnoMemConfig, InputSpec, score_terms
 from model.memory import HopfieldMemory
-from model.motion import edge_motion, normal_flow_field, pyramid_speed, sobel_kernels
+from model.motion import drop_edges, edge_margin, pyramid_speed, sobel_kernels
 
-MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and a speed (or max difference)
+MOTION_CHANNELS = 2  # per feature cell: mean |frame difference| and mean Lucas-Kanade speed
+# The speed term's window in stride-8 cells until training has measured `object_window`.
+UNMEASURED_WINDOW = (4, 4)
 
 
 @dataclass
@@ -65,10 +67,8 @@ class AnoMem(nn.Module):
         )
         self.heads = nn.ModuleList(_projection_head(c, cfg.proj_dim) for c in channels)
         self.instance_head = _projection_head(self.encoder.out_channels[max(self.scales)], cfg.proj_dim)
-        # Cells pooled per scale (strides 8, 16, 32): with `area`, the same image area on every grid.
-        self.topk_cells = [
-            cfg.topk * 4 ** (2 - s) if cfg.topk_pooling == "area" else cfg.topk for s in self.scales
-        ]
+        # Cells pooled per scale (strides 8, 16, 32): the same image area on every grid.
+        self.topk_cells = [cfg.topk * 4 ** (2 - s) for s in self.scales]
         weights = cfg.scale_weights or tuple(1.0 / len(self.scales) for _ in self.scales)
         self.register_buffer("scale_weights", torch.tensor(weights, dtype=torch.float32))
         terms = score_terms(cfg, spec)
@@ -106,27 +106,21 @@ class AnoMem(nn.Module):
     def split_input(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 [B, C, H, W] -> (frame in [0, 1], motion field or None).
 
-        The motion field holds |frame - previous| averaged over colour and, for `flow` features, the
-        spatial gradient magnitude (their ratio per cell is the normal-flow speed), for `lk` the
-        Lucas-Kanade optical-flow speed ([B, 2, H, W]; see `_pool_motion`); 0 near the frame's edges
-        with `edge_motion: drop` (`model.motion.edge_margin`).
+        The motion field [B, 2, H, W] holds |frame - previous| averaged over colour (less
+        `motion_noise_floor`) and the Lucas-Kanade optical-flow speed (see `_pool_motion`); 0 near the
+        frame's edges (`model.motion.edge_margin`).
         """
         x = frames.float() / 255.0
         c = self.spec.frame_channels
         if not self.spec.motion:
             return x, None
         current, previous = x[:, :c], x[:, c:]
-        if self.cfg.motion_features == "lk":
-            temporal = (current - previous).abs().mean(dim=1, keepdim=True)
-            if self.cfg.motion_noise_floor > 0:
-                temporal = (temporal - self.cfg.motion_noise_floor / 255.0).clamp(min=0.0)
-            speed = pyramid_speed(current, previous, self.sobel, self.cfg.flow_window, self.cfg.flow_levels)
-            motion = torch.cat([temporal, speed], dim=1)
-        elif self.cfg.motion_features == "flow":
-            motion = normal_flow_field(current, previous, self.sobel)
-        else:
-            motion = (current - previous).abs().mean(dim=1, keepdim=True)
-        return current, edge_motion(motion, self.cfg.edge_motion, self.cfg.flow_window)
+        temporal = (current - previous).abs().mean(dim=1, keepdim=True)
+        if self.cfg.motion_noise_floor > 0:
+            temporal = (temporal - self.cfg.motion_noise_floor / 255.0).clamp(min=0.0)
+        speed = pyramid_speed(current, previous, self.sobel, self.cfg.flow_window, self.cfg.flow_levels)
+        motion = torch.cat([temporal, speed], dim=1)
+        return current, drop_edges(motion, edge_margin(self.cfg.flow_window))
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
         """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""
@@ -135,7 +129,7 @@ class AnoMem(nn.Module):
         for s in self.scales:
             f = F.normalize(feats[s], dim=1)
             if motion is not None:
-                pooled = _pool_motion(motion, f.shape[-2:], self.cfg.motion_features)
+                pooled = _pool_motion(motion, f.shape[-2:])
                 f = torch.cat([f, self.cfg.motion_weight * pooled], dim=1)
             maps.append(f)
         return Descriptors(maps=maps, last_features=feats[max(self.scales)])
@@ -170,38 +164,30 @@ class AnoMem(nn.Module):
         )
 
     def score_terms(self, standardized: list[torch.Tensor], motion: torch.Tensor | None) -> torch.Tensor:
-        """The one-class score's terms [B, T]: the top-k mean of every standardized D_l (`topk_pooling`:
-        k cells of every grid, or k cells of the stride-32 grid and the same area on the finer ones),
-        then, when the input has motion, the speed term (`motion_term`; for `diff` motion features,
-        the largest per-cell maximum frame differences).
+        """The one-class score's terms [B, T]: the top-k mean of every standardized D_l (k cells of the
+        stride-32 grid and the same area on the finer ones), then, when the input has motion, the
+        speed term (`motion_term`).
 
         The deviations see motion only as two of many memory channels; the speed term says directly
         that something moves faster than anything in normal footage.
         """
         terms = [topk_mean(d, k) for d, k in zip(standardized, self.topk_cells, strict=True)]
         if motion is not None:
-            terms.append(
-                self.motion_term(_pool_motion(motion, self.map_size, self.cfg.motion_features)[:, 1:])
-            )
+            terms.append(self.motion_term(_pool_motion(motion, self.map_size)[:, 1:]))
         return torch.stack(terms, dim=1)
 
     @property
     def object_window(self) -> tuple[int, int]:
         """The speed term's window in stride-8 cells (`object_window`, clipped to the grid); before
-        training has measured it, a square of about `motion_topk` cells."""
-        side = max(1, round(math.sqrt(self.cfg.motion_topk)))
-        h, w = self.cfg.object_window or (side, side)
+        training has measured it, `UNMEASURED_WINDOW`."""
+        h, w = self.cfg.object_window or UNMEASURED_WINDOW
         return min(h, self.map_size[0]), min(w, self.map_size[1])
 
     def motion_term(self, cells: torch.Tensor) -> torch.Tensor:
-        """The speed term [B] from the per-cell speeds [B, 1, h0, w0] (`motion_pooling`).
-
-        `cells`: the mean of the `motion_topk` fastest cells anywhere, which in a crowd are the
-        fastest limbs of many walkers; `object`: the largest mean over one `object_window`, the size
-        of one moving object, so many slow objects do not add up to a fast one.
+        """The speed term [B] from the per-cell speeds [B, 1, h0, w0]: the largest mean over one
+        `object_window`, the size of one moving object, so many slow objects (a crowd's limbs) do not
+        add up to a fast one.
         """
-        if self.cfg.motion_pooling == "cells":
-            return topk_mean(cells, self.cfg.motion_topk)
         return F.avg_pool2d(cells, self.object_window, stride=1).flatten(1).amax(dim=1)
 
     def oneclass_score(self, terms: torch.Tensor) -> torch.Tensor:
@@ -229,25 +215,13 @@ def _projection_head(channels: int, dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(channels, 2 * dim), nn.ReLU(inplace=True), nn.Linear(2 * dim, dim))
 
 
-def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int], kind: str) -> torch.Tensor:
-    """Motion statistics over each cell of a feature grid: [B, 1 or 2, H, W] -> [B, 2, h, w].
-
-    `diff`: mean and max |frame difference|. `flow`: mean |frame difference| and the normal-flow
-    speed sum|dI/dt| / sum|grad I| (optical-flow constraint; pixels per frame, independent of the
-    object's contrast, so a cyclist reads about three times a walker). `lk`: mean |frame difference|
-    and the mean Lucas-Kanade speed (pixels per frame).
-    """
+def _pool_motion(motion: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Motion statistics over each cell of a feature grid: [B, 2, H, W] -> [B, 2, h, w]: the mean
+    |frame difference| and the mean Lucas-Kanade speed (pixels per frame, independent of the object's
+    contrast)."""
     h, w = int(size[0]), int(size[1])
     kh, kw = math.ceil(motion.shape[-2] / h), math.ceil(motion.shape[-1] / w)
-    temporal = motion[:, :1]
-    mean = F.avg_pool2d(temporal, (kh, kw), ceil_mode=True)
-    if kind == "flow":
-        second = mean / (F.avg_pool2d(motion[:, 1:], (kh, kw), ceil_mode=True) + 0.01)
-    elif kind == "lk":
-        second = F.avg_pool2d(motion[:, 1:], (kh, kw), ceil_mode=True)
-    else:
-        second = F.max_pool2d(temporal, (kh, kw), ceil_mode=True)
-    pooled = torch.cat([mean, second], dim=1)
+    pooled = F.avg_pool2d(motion, (kh, kw), ceil_mode=True)
     if pooled.shape[-2:] != (h, w):
         pooled = F.interpolate(pooled, size=(h, w), mode="nearest")
     return pooled

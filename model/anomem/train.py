@@ -196,7 +196,7 @@ def fit_object_window(model: AnoMem, inputs: np.ndarray, batch_size: int = 64) -
     sizes = []
     for start in tqdm(range(0, len(inputs), batch_size), desc="object size", unit="batch", leave=False):
         _, motion = model.split_input(torch.from_numpy(inputs[start : start + batch_size]).to(device))
-        assert motion is not None and model.cfg.motion_features == "lk"
+        assert motion is not None
         sizes.append(moving_region_sizes(motion[:, 1].cpu().numpy()))
     found = np.concatenate(sizes)
     if len(found) == 0:
@@ -212,7 +212,7 @@ def fit_object_window(model: AnoMem, inputs: np.ndarray, batch_size: int = 64) -
 def fit_score(model: AnoMem, inputs: np.ndarray, deviations: list[torch.Tensor]) -> None:
     """What the one-class score fits on normal frames once the deviation statistics are set: the speed
     term's window (when the config leaves it unset) and the term statistics."""
-    if model.spec.motion and model.cfg.motion_pooling == "object" and model.cfg.object_window is None:
+    if model.spec.motion and model.cfg.object_window is None:
         fit_object_window(model, inputs)
     fit_term_stats(model, inputs, deviations)
 
@@ -224,13 +224,8 @@ def fit_term_stats(
     """Mean and std of every one-class score term over normal frames (after `fit_deviation_stats`).
 
     Standardizing each term puts the scales and the speed on one footing before they are weighted:
-    their spreads over normal footage differ several-fold. With `standardize_terms` false the
-    statistics stay the identity (mean 0, std 1): the raw terms are weighed.
+    their spreads over normal footage differ several-fold.
     """
-    if not model.cfg.standardize_terms:
-        model.term_stats[0].zero_()
-        model.term_stats[1].fill_(1.0)
-        return
     model.eval()
     device = _device(model)
     terms = []

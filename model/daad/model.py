@@ -22,7 +22,7 @@ from torch import nn
 from model.anomaly_map import gaussian_kernel, smooth, topk_mean
 from model.config import DAADConfig, InputSpec
 from model.memory import BlockMemory
-from model.motion import edge_motion, pyramid_speed, sobel_kernels
+from model.motion import drop_edges, edge_margin, pyramid_speed, sobel_kernels
 
 
 class ConvStage(nn.Sequential):
@@ -135,27 +135,25 @@ class DAAD(nn.Module):
         self.map_size = (-(-spec.height // cfg.map_stride), -(-spec.width // cfg.map_stride))
         self.register_buffer("err_mean", torch.zeros(1, 1, *self.map_size))
         self.register_buffer("err_std", torch.ones(1, 1, *self.map_size))
-        # Normal mean and std of each cell of the discriminator's penultimate map: fitted (and saved)
-        # with `latent_stats: position`; the identity otherwise, which leaves the distances raw.
+        # Normal mean and std of each cell of the discriminator's penultimate map (with `latent_topk`).
         latent_size = self.padded
         for _ in cfg.discriminator_widths:
             latent_size = ((latent_size[0] - 2) // 2 + 1, (latent_size[1] - 2) // 2 + 1)
-        per_position = cfg.latent_stats == "position" and cfg.latent_topk is not None
-        self.register_buffer("lat_mean", torch.zeros(1, 1, *latent_size), persistent=per_position)
-        self.register_buffer("lat_std", torch.ones(1, 1, *latent_size), persistent=per_position)
+        self.register_buffer("lat_mean", torch.zeros(1, 1, *latent_size))
+        self.register_buffer("lat_std", torch.ones(1, 1, *latent_size))
         # Normal mean and std of the pooled reconstruction score and of the latent distance.
         self.register_buffer("score_stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
-        # Normal mean and std of the speed term; saved only when the score has one.
+        # Normal mean and std of the speed term (when the score has one).
         self.has_speed_term = spec.motion and cfg.speed_weight > 0
-        self.register_buffer("speed_stats", torch.tensor([0.0, 1.0]), persistent=self.has_speed_term)
+        self.register_buffer("speed_stats", torch.tensor([0.0, 1.0]))
         self.register_buffer("map_kernel", gaussian_kernel(cfg.map_sigma))
         self.register_buffer("sobel", sobel_kernels(), persistent=False)
         # Narrow convolutions at high resolution train about 1.4x faster channels-last on CPU.
         self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def edges(self, motion: torch.Tensor) -> torch.Tensor:
-        """Motion with the frame's edges dropped (`edge_motion: drop`) or as it is."""
-        return edge_motion(motion, self.cfg.edge_motion, self.cfg.flow_window)
+        """Motion with the frame's edges dropped (`model.motion.edge_margin` of `flow_window`)."""
+        return drop_edges(motion, edge_margin(self.cfg.flow_window))
 
     def motion(
         self, current: torch.Tensor, previous: torch.Tensor, speed_map: torch.Tensor | None = None
@@ -289,10 +287,10 @@ class DAAD(nn.Module):
         """Discriminator-latent distance [B] between a frame and its reconstruction.
 
         With `latent_topk`, the distance is taken at every cell of the penultimate map, standardized
-        by that cell's normal mean and std (`latent_stats: position`: the walkway, the grass and the
-        far end of the scene differ in how well they are rebuilt, as the error cells do) and the k
-        largest are averaged: an anomaly covers a few cells, so pooling the features first dilutes
-        it. Without, the squared distance of the spatially pooled features.
+        by that cell's normal mean and std (the walkway, the grass and the far end of the scene
+        differ in how well they are rebuilt, as the error cells do) and the k largest are averaged:
+        an anomaly covers a few cells, so pooling the features first dilutes it. Without, the
+        squared distance of the spatially pooled features.
         """
         if self.cfg.latent_topk is None:
             real = self.discriminator.features(rec.target)

@@ -149,7 +149,7 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
     """Fit the score's normalization on normal inputs.
 
     Mean and std of the error cells (per position, shrunk towards the pooled variance, or one for
-    all cells) and, with `latent_stats: position`, of the discriminator-latent cells per position;
+    all cells) and, with `latent_topk`, of the discriminator-latent cells per position;
     then the mean and std over frames of the pooled reconstruction score, of the latent distance and,
     when the score has one, of the speed term.
     """
@@ -173,10 +173,9 @@ def fit_normal_stats(model: DAAD, inputs: np.ndarray, batch_size: int = 64) -> N
     model.err_mean.copy_(mean)
     model.err_std.copy_(std.clamp(min=1e-6))
     if per_cell:
-        if model.cfg.latent_stats == "position":
-            lat_mean, lat_std = position_stats(latent, model.cfg.std_shrinkage)
-            model.lat_mean.copy_(lat_mean)
-            model.lat_std.copy_(lat_std)
+        lat_mean, lat_std = position_stats(latent, model.cfg.std_shrinkage)
+        model.lat_mean.copy_(lat_mean)
+        model.lat_std.copy_(lat_std)
         latent = model.latent_topk_of(latent.to(device)).cpu()
     pooled = topk_mean(model.standardized(all_cells.to(device)), model.cfg.topk).cpu()
     stats = [pooled.mean(), pooled.std(), latent.mean(), latent.std()]

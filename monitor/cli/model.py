@@ -118,8 +118,7 @@ def refit(
         typer.Option(
             "--set",
             metavar="KEY=VALUE",
-            help="a score setting, e.g. model.motion_pooling=object (model.topk, topk_pooling, motion_topk, "
-            "motion_pooling, object_window, score_weights, standardize_terms)",
+            help="a score setting, e.g. model.topk=4 (model.topk, object_window, score_weights)",
         ),
     ] = None,
     out: Annotated[

@@ -14,7 +14,7 @@ ARTIFACT = Path(__file__).resolve().parents[2] / "benchmarks" / "artifacts" / "a
 
 def test_default_and_nameless_model_sections_are_anomem() -> None:
     assert isinstance(load_config(None).model, AnoMemConfig)
-    assert "name" not in TINY["model"]  # written before DAAD existed
+    assert "name" not in TINY["model"]
     assert isinstance(parse_config(TINY).model, AnoMemConfig)
 
 
@@ -52,6 +52,11 @@ def test_committed_anomem_checkpoint_still_validates() -> None:
         ({"train.daad.discriminator_lr": 0}, "train.daad.discriminator_lr"),
         ({"model.score_weights": [1.0, 1.0, 1.0]}, "model.score_weights"),  # 3 scales + motion = 4
         ({"input.motion": False, "model.score_weights": [1.0] * 4}, "model.score_weights"),
+        # Settings of older models are refused, not ignored (see tests/model/test_checkpoint.py).
+        ({"model.standardize_terms": False}, "model.standardize_terms"),
+        ({"model.motion_pooling": "cells"}, "model.motion_pooling"),
+        ({"model.name": "daad", "model.edge_motion": "keep"}, "model.edge_motion"),
+        ({"model.name": "daad", "model.latent_stats": "frame"}, "model.latent_stats"),
     ],
 )
 def test_bad_values_name_the_dotted_field(overrides: dict[str, object], field: str) -> None:

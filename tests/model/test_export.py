@@ -67,19 +67,28 @@ def test_artifact_holds_graph_metadata_and_checkpoint(
     assert embedded["calibration"]["threshold"] == ckpt.calibration.threshold
 
 
-def test_artifact_from_before_object_pooling_reads_as_the_fastest_cells(
+def test_artifact_of_an_older_format_is_refused_with_the_commands_that_rebuild_it(
     exported: dict[str, Path], tmp_path: Path
 ) -> None:
-    """model.json of an artifact exported before motion_pooling describes the speed term it was
-    exported with (cells), not today's default."""
+    """model.json of format 1 (its config had settings since removed) is refused in one line naming
+    its format and model version, and how to rebuild it: train again, then export."""
     root = tmp_path / "older"
     shutil.copytree(exported["fp32"], root)
     fields = json.loads((root / "model.json").read_text())
-    for key in ("motion_pooling", "object_window"):
-        del fields["config"]["model"][key]
+    fields["format"] = "anomon.artifact/1"
+    fields["config"]["model"]["motion_pooling"] = "cells"
     (root / "model.json").write_text(json.dumps(fields))
-    assert load_artifact_meta(root).config.model.motion_pooling == "cells"  # type: ignore[union-attr]
-    assert load_artifact_meta(exported["fp32"]).config.model.motion_pooling == "object"  # type: ignore[union-attr]
+    with pytest.raises(ArtifactError) as refused:
+        load_artifact_meta(root)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"format anomon.artifact/1 (model anomem {fields['version']})" in message
+    assert "anomon train --config CONFIG --data TRAINING_DATA --out CKPT" in message
+    assert f"anomon export --checkpoint CKPT --out {root}" in message
+    fields["format"] = "anomon.artifact/9"
+    (root / "model.json").write_text(json.dumps(fields))
+    with pytest.raises(ArtifactError, match=r"'anomon\.artifact/9' .* is not supported"):
+        load_artifact_meta(root)
 
 
 @pytest.mark.parametrize("batch", [1, 5])

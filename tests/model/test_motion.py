@@ -91,7 +91,7 @@ def test_pyramid_speed_keeps_rising_where_one_level_folds_back() -> None:
     assert all(a < b for a, b in itertools.pairwise(three)), f"not increasing: {three}"
     # Without warping each level reads high near the top of its range (up to 1.55x here), never low.
     assert all(0.9 * d <= r <= 1.6 * d for d, r in zip(shifts, three, strict=True)), three
-    # One level is the plain estimate, bit for bit (what checkpoints before flow_levels compute).
+    # One level is the plain estimate, bit for bit.
     moved = torch.roll(frame, shifts=(0, 2), dims=(-2, -1))
     assert torch.equal(
         pyramid_speed(moved, frame, sobel_kernels(), 15, 1),
@@ -129,8 +129,11 @@ def test_models_with_lucas_kanade_motion_export_to_onnxruntime_like_pytorch(
     name: str, levels: int, tmp_path: Path
 ) -> None:
     torch.manual_seed(0)
-    overrides = {"motion_features": "lk", "flow_window": 7, "flow_levels": levels}
-    cfg = tiny_config(**overrides) if name == "anomem" else tiny_daad_config(**overrides)
+    overrides: dict[str, object] = {"flow_window": 7, "flow_levels": levels}
+    if name == "anomem":
+        cfg = tiny_config(**overrides)  # AnoMem's motion is the Lucas-Kanade speed
+    else:
+        cfg = tiny_daad_config(motion_features="lk", **overrides)
     model = build_model(cfg).eval()
     # The motion features reach the score: a moving frame and a still one score differently.
     still = torch.randint(0, 256, (1, 1, 32, 48), dtype=torch.uint8).repeat(1, 2, 1, 1)

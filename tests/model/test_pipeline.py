@@ -61,10 +61,10 @@ def test_refit_changes_only_the_score_and_refitting_back_reproduces_training(
     ped2_like: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     base_tensors, base = load_checkpoint(tiny_checkpoint)
-    cells = tmp_path / "cells.safetensors"
-    pipeline.refit_score(tiny_checkpoint, ped2_like, {"model.motion_pooling": "cells"}, out=cells)
-    tensors, meta = load_checkpoint(cells)
-    assert meta.config.model.motion_pooling == "cells"  # type: ignore[union-attr]
+    fewer = tmp_path / "fewer.safetensors"
+    pipeline.refit_score(tiny_checkpoint, ped2_like, {"model.topk": 1}, out=fewer)
+    tensors, meta = load_checkpoint(fewer)
+    assert meta.config.model.topk == 1  # type: ignore[union-attr]
     assert meta.version == f"{base.version}-refit"
     assert meta.training["refit"]["from_weights_sha256"] == base.weights_sha256
     assert [k for k in tensors if not torch.equal(tensors[k], base_tensors[k])] == ["term_stats"]
@@ -72,9 +72,11 @@ def test_refit_changes_only_the_score_and_refitting_back_reproduces_training(
     assert meta.calibration.threshold != pytest.approx(base.calibration.threshold)
 
     back = tmp_path / "back.safetensors"
-    pipeline.refit_score(cells, ped2_like, {"model.motion_pooling": "object"}, out=back, version="v9")
+    # Back to the trained settings, the speed term's window measured again: what training fitted.
+    back_to = {"model.topk": base.config.model.topk, "model.object_window": None}  # type: ignore[union-attr]
+    pipeline.refit_score(fewer, ped2_like, back_to, out=back, version="v2")
     tensors, meta = load_checkpoint(back)
-    assert meta.version == "v9" and meta.config == base.config  # the measured window kept throughout
+    assert meta.version == "v2" and meta.config == base.config
     torch.testing.assert_close(tensors["term_stats"], base_tensors["term_stats"])
     assert meta.calibration is not None
     assert meta.calibration.threshold == pytest.approx(base.calibration.threshold, rel=1e-4, abs=1e-4)
@@ -95,7 +97,7 @@ def test_refit_refuses_network_settings_other_footage_and_daad(
     frame = next((other / "train" / "01").iterdir())
     cv2.imwrite(str(frame), 255 - cv2.imread(str(frame), cv2.IMREAD_GRAYSCALE))
     with pytest.raises(ValueError, match=r"not the footage .* was trained on"):
-        pipeline.refit_score(tiny_checkpoint, other, {"model.motion_pooling": "cells"}, out=out)
+        pipeline.refit_score(tiny_checkpoint, other, {"model.topk": 1}, out=out)
     with pytest.raises(ValueError, match="this is a daad checkpoint"):
         pipeline.refit_score(tiny_daad_checkpoint, ped2_like, {}, out=out)
     assert not out.exists()

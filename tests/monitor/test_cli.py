@@ -231,10 +231,10 @@ def test_daad_trains_calibrates_and_evaluates_through_the_same_commands(
 def test_refit_writes_the_rescored_checkpoint_and_refuses_network_settings_in_one_line(
     trained: Path, ped2_like: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "cells.safetensors"
+    out = tmp_path / "topk4.safetensors"
     args = ["refit", "--checkpoint", str(trained), "--data", str(ped2_like), "--out", str(out)]
-    assert main([*args, "--set", "model.motion_pooling=cells"]) == 0
-    assert load_checkpoint(out)[1].config.model.motion_pooling == "cells"  # type: ignore[union-attr]
+    assert main([*args, "--set", "model.topk=4"]) == 0
+    assert load_checkpoint(out)[1].config.model.topk == 4
     done = _anomon(*args, "--set", "model.slots=4")
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert "model.slots" in done.stderr and "anomon train" in done.stderr and "Traceback" not in done.stderr
