@@ -313,7 +313,14 @@ class MonitorService:
         )
 
     def connect(self) -> None:
-        """Create the producer and the group consumer (subscribed; partitions come with the first polls)."""
+        """Create the output topics, the producer and the group consumer (subscribed; partitions come later).
+
+        Output topics get one partition each (records stay keyed by camera) and existing ones are left
+        alone: the producer never waits on a broker's auto-creation (or on one that has it off).
+        """
+        topics = self.cfg.topics
+        outputs = [topics.scores, topics.alerts, topics.dead_letters, topics.thumbnails]
+        create_topics(self.cfg.kafka, dict.fromkeys(outputs, 1))
         producer = make_producer(self.cfg.kafka, self.cfg.producer)
         self.publisher = Publisher(
             producer, self.cfg.topics, self.metrics, self.stats, self.cfg.kafka.request_timeout_ms / 1e3
@@ -524,10 +531,6 @@ def serve(
     cv2.setNumThreads(1)
     metrics = ServiceMetrics()
     router = open_models(cfg, metrics)
-    topics = cfg.topics
-    # Output topics get one partition each (records stay keyed by camera); existing topics are left alone.
-    outputs = [topics.scores, topics.alerts, topics.dead_letters, topics.thumbnails]
-    create_topics(cfg.kafka, dict.fromkeys(outputs, 1))
     service = MonitorService(cfg, router, metrics)
     plan = plan_model(cfg.model)
     fixed = router.fixed
