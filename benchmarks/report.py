@@ -97,6 +97,17 @@ def _stream_headline(data: dict[str, Any]) -> str:
     )
 
 
+def _fleet_headline(data: dict[str, Any]) -> str:
+    p99, last = data["live_p99_ms"], data["growth"][-1]
+    target = data["targets"]["distinct_vs_shared_fps_ratio"]
+    return (
+        f"{data['cameras']} cameras, a model each / one shared: saturated frames/s ratio "
+        f"**{data['distinct_vs_shared_fps_ratio']:.2f}** (target {target}); "
+        f"live p99 {p99['distinct']:.0f} / {p99['shared']:.0f} ms; {data['rss_mb_per_extra_model']:.0f} MB "
+        f"per extra model; {last['models']} models loaded: {last['rss_growth_mb']:.0f} MB"
+    )
+
+
 def _reliability_headline(data: dict[str, Any]) -> str:
     phases = data["phases"]
     parts = []
@@ -185,6 +196,16 @@ BENCHMARKS = (
         "frames/s over the model alone's (saturation ratio).",
         lambda _: f"python benchmarks/stream.py {PED2} --threads 2 --rounds 5",
         _stream_headline,
+    ),
+    Benchmark(
+        "fleet",
+        "A fleet: a model per camera",
+        "`anomon run --store` with 8 cameras, each with its own model (the AnoMem artifact with its memory "
+        "items perturbed per camera), against the same 8 cameras sharing one model, side by side in each "
+        "round: saturated aggregate frames/s, live capture-to-publish p99 and resident memory; and load "
+        "time and memory as one process opens 32 distinct models.",
+        lambda _: f"python benchmarks/fleet.py {PED2} --cameras 8 --live-fps 4 --rounds 3 --grow 32",
+        _fleet_headline,
     ),
     Benchmark(
         "reliability",

@@ -125,7 +125,8 @@ def run_demo(
     printer("[2/4] training a small AnoMem on the normal clips (pretrained EfficientNet-Lite0, frozen)")
     checkpoint = root / "demo.safetensors"
     train(root / "train", checkpoint, parse_config(json.loads(json.dumps(DEMO_MODEL))), version="demo")
-    export_artifact(checkpoint, root / "model", "fp32")
+    calibration = export_artifact(checkpoint, root / "model", "fp32").calibration
+    assert calibration is not None  # train calibrates on held-out normal clips
 
     with EmbeddedBroker() as broker:
         printer(f"[3/4] embedded Kafka broker on {broker.bootstrap}")
@@ -158,6 +159,13 @@ def run_demo(
             raise RuntimeError("the service did not start within 120 s")
         metrics_url = f"http://{cfg.http.host}:{cfg.http.port}/metrics" if cfg.http.enabled else None
         printer(f"[4/4] replaying {frames} frames at {fps:g} frames/s; metrics on {metrics_url}")
+        camera = cfg.cameras.defaults
+        printer(
+            f"  a score is in [0, 1]: 0.25 is a typical normal frame, 0.50 the model's threshold (raw "
+            f"{calibration.threshold:.2f}: {calibration.false_alarm_rate:.0%} of held-out normal frames "
+            f"score above it); an alert starts when the mean of the last {camera.smoothing_frames} "
+            f"scores stays at or above {camera.on_threshold:.2f} for {camera.min_frames} frames"
+        )
         outputs = KafkaConsumer(
             cfg.topics.scores,
             cfg.topics.alerts,
@@ -184,7 +192,10 @@ def run_demo(
                     if doc["frame_index"] % 10 == 0 or doc["anomalous"]:
                         flag = "ANOMALOUS" if doc["anomalous"] else "normal"
                         boxes = " ".join(str(r["bbox"]) for r in doc["regions"][:2])
-                        line = f"  score  {doc['camera_id']} #{doc['frame_index']:4d}  {doc['score']:.2f}"
+                        line = (
+                            f"  score  {doc['camera_id']} #{doc['frame_index']:4d}  {doc['score']:.2f} "
+                            f"(raw {doc['raw_score']:6.2f}, threshold {calibration.threshold:.2f})"
+                        )
                         printer(f"{line}  {flag} {boxes}")
                 else:
                     alerts.append(doc)

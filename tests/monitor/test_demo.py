@@ -1,5 +1,6 @@
 """`anomon demo` start to finish: broker, on-the-spot model, replay, service, printed results."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def test_demo_runs_start_to_finish(tmp_path: Path, capsys: pytest.CaptureFixture
     assert result.flagged_anomalous >= result.anomalous_frames // 2  # the block is easy to see
     assert result.flagged_normal <= 2
     assert "ALERT  start" in printed and "done: 40/40 frames scored" in printed
+    # Each score line says how far the raw score is from the threshold, not only the saturated [0, 1] value.
+    explained = re.search(r"0\.50 the model's threshold \(raw (-?[0-9.]+)", printed)
+    assert explained, printed
+    lines = re.findall(
+        r"score  demo-cam-1 #\s*\d+  ([0-9.]+) \(raw\s+(-?[0-9.]+), threshold ([0-9.]+)\)", printed
+    )
+    assert lines and all(threshold == explained.group(1) for _, _, threshold in lines)
+    assert all(
+        (float(raw) >= float(t)) == (float(score) >= 0.5) for score, raw, t in lines if score != "0.50"
+    )
 
 
 def test_demo_has_help() -> None:
