@@ -1,13 +1,20 @@
 """The runtime interface: backend choice, parity between backends, input checks, TensorRT pieces."""
 
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.export import export_artifact
-from model.runtime import Availability, BackendUnavailableError, choose_backend, open_runtime
+from model.runtime import (
+    Availability,
+    BackendUnavailableError,
+    choose_backend,
+    onnxruntime_backend,
+    open_runtime,
+)
 from model.runtime.bench import LatencyStats, measure, measure_concurrent
 from model.runtime.engine_cache import (
     EngineCacheError,
@@ -60,6 +67,35 @@ def test_torch_and_onnxruntime_agree_through_the_interface(artifact: Path, tiny_
     np.testing.assert_allclose(s1, s2, atol=1e-3)
     np.testing.assert_allclose(m1, m2, atol=1e-3)
     np.testing.assert_array_equal(s2, s3)
+
+
+def test_cpu_sessions_share_one_arena_and_concurrent_calls_stay_exact(
+    artifact: Path, tiny_daad_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Two models (AnoMem and DAAD) on one shared arena, called at once from two threads, give what each
+    gives alone: the shared allocator never hands one session's buffers to the other."""
+    daad = export_artifact(tiny_daad_checkpoint, tmp_path / "daad", "fp32")
+    assert daad.name == "daad"
+    runtimes = [
+        open_runtime(path, "onnxruntime", device="cpu", threads=1) for path in (artifact, tmp_path / "daad")
+    ]
+    assert onnxruntime_backend._shared_arena  # registered once, by the first CPU session
+    rng = np.random.default_rng(1)
+    batches = [
+        [rng.integers(0, 256, (4, *rt.model.input_shape), dtype=np.uint8) for _ in range(6)]
+        for rt in runtimes
+    ]
+    alone = [[rt.infer(b) for b in own] for rt, own in zip(runtimes, batches, strict=True)]
+
+    def run(index: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [runtimes[index].infer(b) for b in batches[index] for _ in range(3)][::3]
+
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(run, range(2)))
+    for expected, got in zip(alone, together, strict=True):
+        for (s1, m1), (s2, m2) in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(s1, s2)
+            np.testing.assert_array_equal(m1, m2)
 
 
 def test_auto_on_this_cpu_machine_opens_onnxruntime_from_a_checkpoint(tiny_checkpoint: Path) -> None:
