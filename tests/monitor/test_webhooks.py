@@ -218,16 +218,14 @@ def test_a_full_queue_drops_the_oldest_events_and_counts_them() -> None:
         webhooks, metrics = _webhooks(_endpoint(receiver.url, queue_size=2, timeout_seconds=30))
         webhooks.deliver([_alert(frames=1)])
         receiver.wait_for(1)  # the first is in flight, held by the receiver
-        started = time.perf_counter()
-        webhooks.deliver([_alert(frames=n) for n in (2, 3, 4, 5)])
-        handed_off = time.perf_counter() - started
+        webhooks.deliver([_alert(frames=n) for n in (2, 3, 4, 5)])  # returns with the first still held
+        assert not hold.is_set() and len(receiver.requests) == 1
         assert _count(metrics, "anomon_webhook_queue_dropped_total", endpoint="ops") == 2
         assert _count(metrics, "anomon_webhook_queue_depth", endpoint="ops") == 2
         hold.set()
         receiver.wait_for(3)
         webhooks.close()
     assert [json.loads(r.body)["frames"] for r in receiver.requests] == [1, 4, 5]
-    assert handed_off < 0.05, f"deliver() waited {handed_off:.3f} s on a receiver that hangs"
 
 
 def test_shutdown_delivers_what_is_queued_within_drain_seconds_and_no_longer() -> None:
@@ -238,13 +236,13 @@ def test_shutdown_delivers_what_is_queued_within_drain_seconds_and_no_longer() -
         assert [json.loads(r.body)["frames"] for r in fast.requests] == [1, 2, 3, 4, 5]
     with Receiver(default=503) as down:
         webhooks, metrics = _webhooks(
-            _endpoint(down.url, backoff_seconds=5, max_retries=10), drain_seconds=0.3
+            _endpoint(down.url, backoff_seconds=30, max_retries=10), drain_seconds=0.3
         )
         webhooks.deliver([_alert()])
         down.wait_for(1)
         started = time.monotonic()
-        webhooks.close()  # stops retrying at the drain deadline instead of after ~10 backoffs
-        assert time.monotonic() - started < 2
+        webhooks.close()  # stops retrying at the drain deadline, not after its first 24-30 s backoff
+        assert time.monotonic() - started < 10
     assert _count(metrics, "anomon_webhook_deliveries_total", endpoint="ops", outcome="failed") == 1
 
 
