@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from model.config import ConfigError, read_yaml_mapping, set_dotted
 from monitor.camera import PerCameraSettings
 from monitor.kafka_client import ConsumerSettings, KafkaSettings, ProducerSettings
+from monitor.webhooks import WebhookSettings
 from monitor.wire import MAX_FRAME_BYTES, Topics
 
 ENV_PREFIX = "ANOMON__"
@@ -135,6 +136,7 @@ class ServiceConfig(_Section):
     cameras: PerCameraSettings = Field(default_factory=PerCameraSettings)
     thumbnails: ThumbnailSettings = Field(default_factory=ThumbnailSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

@@ -25,6 +25,11 @@ from monitor.wire import Reason
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# anomon_webhook_deliveries_total{outcome}: answered 2xx; given up after its retries; refused by a 3xx/4xx
+# answer (not retried: the receiver or the endpoint's settings are wrong).
+WEBHOOK_OUTCOMES = ("delivered", "failed", "rejected")
+# Webhook delivery times include the receiver's answer and any retries' backoff.
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DROP_REASONS = ("stale",)
 CAMERA_STATES = (
     "ok",
@@ -150,6 +155,35 @@ class ServiceMetrics:
             registry=r,
         )
         self.publish_errors = Counter("anomon_publish_errors", "Failed output flushes", registry=r)
+        self.webhook_deliveries = Counter(
+            "anomon_webhook_deliveries",
+            "Alert events sent to a webhook endpoint, by outcome: delivered (2xx), failed (retries "
+            "exhausted), rejected (a 3xx/4xx answer, not retried)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.webhook_retries = Counter(
+            "anomon_webhook_retries",
+            "Webhook attempts that failed and were retried",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_queue_dropped = Counter(
+            "anomon_webhook_queue_dropped",
+            "Alert events dropped unsent because the endpoint's queue was full (the oldest go first)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_queue_depth = Gauge(
+            "anomon_webhook_queue_depth", "Alert events waiting for the endpoint", ["endpoint"], registry=r
+        )
+        self.webhook_delivery_seconds = Histogram(
+            "anomon_webhook_delivery_seconds",
+            "Alert event acknowledged by Kafka to its webhook answered 2xx (queueing and retries included)",
+            ["endpoint"],
+            buckets=WEBHOOK_BUCKETS,
+            registry=r,
+        )
         self.consumer_reconnects = Counter(
             "anomon_consumer_reconnects",
             "Consumers replaced after polls returned nothing while records waited",
@@ -182,6 +216,14 @@ class ServiceMetrics:
         self.alerts_active.labels(camera).set(0)
         self.alert_threshold.labels(camera).set(on_threshold)
         self.model_swaps.labels(camera)
+
+    def track_webhook(self, endpoint: str) -> None:
+        """Export a webhook endpoint's series at zero (its failing rule then sees "none yet")."""
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(endpoint, outcome)
+        self.webhook_retries.labels(endpoint)
+        self.webhook_queue_dropped.labels(endpoint)
+        self.webhook_queue_depth.labels(endpoint).set(0)
 
     def set_camera_state(self, camera: str, state: str) -> None:
         """One of CAMERA_STATES at 1, the others at 0."""

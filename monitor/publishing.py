@@ -14,6 +14,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from monitor import wire
 from monitor.frames import ConsumedRecord, FrameError, dead_letter
 from monitor.metrics import ServiceMetrics, ServiceStats
+from monitor.webhooks import AlertWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,16 @@ def offsets_after(records: Iterable[ConsumedRecord]) -> dict[TopicPartition, Off
 class Publisher:
     """Sends scores, alert events and dead letters; `flush` waits for all of them or raises.
 
+    Alert events go on to the webhooks only once a flush saw them acknowledged: an event whose
+    publish failed is redone after the rewind (or lost with it), on Kafka and webhooks alike.
+
     Args:
         producer: the Kafka producer.
         topics: the output topic names.
         metrics: where dead letters, publish errors and end-to-end latency are counted.
         stats: the run's totals.
         flush_timeout_s: how long a flush may wait for acknowledgements.
+        webhooks: where acknowledged alert events are handed on; none by default.
     """
 
     def __init__(
@@ -46,6 +51,7 @@ class Publisher:
         metrics: ServiceMetrics,
         stats: ServiceStats,
         flush_timeout_s: float,
+        webhooks: AlertWebhooks | None = None,
     ) -> None:
         self.producer = producer
         self.topics = topics
@@ -54,6 +60,8 @@ class Publisher:
         self.flush_timeout_s = flush_timeout_s
         self._pending: list[Any] = []  # send futures since the last flush
         self._captures: list[float] = []  # capture times of the scores since, observed once flushed
+        self.webhooks = webhooks
+        self._alerts: list[wire.AlertMessage] = []  # alert events since, handed to the webhooks once flushed
 
     def scores(self, messages: list[wire.ScoreMessage], captures: list[float]) -> None:
         for message in messages:
@@ -67,6 +75,7 @@ class Publisher:
     def alerts(self, messages: list[wire.AlertMessage]) -> None:
         for message in messages:
             self._send(self.topics.alerts, message.camera_id, wire.encode(message))
+        self._alerts.extend(messages)
 
     def dead_letter(self, consumed: ConsumedRecord, error: FrameError) -> None:
         letter = dead_letter(consumed, error)
@@ -96,6 +105,7 @@ class Publisher:
         self.producer.flush(timeout=self.flush_timeout_s)
         failed = [f for f in self._pending if f.failed()]
         self._pending.clear()
+        alerts, self._alerts = self._alerts, []
         if failed:
             self.metrics.publish_errors.inc()
             raise KafkaError(f"{len(failed)} output records were not acknowledged: {failed[0].exception}")
@@ -103,11 +113,14 @@ class Publisher:
         for capture in self._captures:
             self.metrics.end_to_end_seconds.observe(max(0.0, now - capture))
         self._captures.clear()
+        if alerts and self.webhooks is not None:
+            self.webhooks.deliver(alerts)
 
     def discard(self) -> None:
         """Forget what was sent since the last flush (it is redone after a rewind)."""
         self._pending.clear()
         self._captures.clear()
+        self._alerts.clear()
 
     def close(self) -> None:
         self.producer.close()

@@ -45,6 +45,7 @@ from monitor.publishing import Publisher, offsets_after
 from monitor.routing import ModelRouter
 from monitor.scoring import Inference, LoadedModel, ModelPlan, ModelWorkers, plan_model, workers_for
 from monitor.store import ModelStore
+from monitor.webhooks import AlertWebhooks
 
 __all__ = ["ModelPlan", "MonitorService", "ServiceStats", "plan_model", "serve"]
 
@@ -129,6 +130,7 @@ class MonitorService:
         self.cameras = Cameras(cfg.cameras, self.metrics, self.stats, cfg.thumbnails)
         self.models = ModelWorkers(workers, backend)
         self.workers = self.models.workers
+        self.webhooks = AlertWebhooks(cfg.webhooks, self.metrics)
         self.publisher: Publisher | None = None
         self.assigned: set[TopicPartition] = set()
         self.stop_requested = threading.Event()
@@ -323,8 +325,14 @@ class MonitorService:
         create_topics(self.cfg.kafka, dict.fromkeys(outputs, 1))
         producer = make_producer(self.cfg.kafka, self.cfg.producer)
         self.publisher = Publisher(
-            producer, self.cfg.topics, self.metrics, self.stats, self.cfg.kafka.request_timeout_ms / 1e3
+            producer,
+            self.cfg.topics,
+            self.metrics,
+            self.stats,
+            self.cfg.kafka.request_timeout_ms / 1e3,
+            self.webhooks,
         )
+        self.webhooks.start()
         self.connect_consumer()
 
     def connect_consumer(self) -> None:
@@ -423,6 +431,7 @@ class MonitorService:
         if self.publisher is not None:
             self.publisher.close()
             self.publisher = None
+        self.webhooks.close()  # after the last flush: the end events of open alerts go out too
         self.intake.shutdown()
         self.models.shutdown()
         self.router.close()
@@ -540,6 +549,8 @@ def serve(
         f"model.threads {plan.threads or 'the backend default'}",
         file=sys.stderr,
     )
+    if cfg.webhooks.endpoints:
+        print(f"anomon run: alert webhooks to {service.webhooks.describe()}", file=sys.stderr)
     # Start-up objects (torch, the runtime, ...) never become garbage: keep them out of collections.
     gc.collect()
     gc.freeze()

@@ -20,6 +20,7 @@ DEPLOY = REPO / "deploy"
 SERVICE_CONFIG = DEPLOY / "config" / "anomon.yaml"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 RULES = DEPLOY / "prometheus" / "rules" / "anomon.yml"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 REQUIRED_ALERTS = {
     "AnomonServiceDown",
     "AnomonCameraStalled",
@@ -28,6 +29,7 @@ REQUIRED_ALERTS = {
     "AnomonDroppingFrames",
     "AnomonScoringWithoutMotion",
     "AnomonAlertStorm",
+    "AnomonWebhookFailing",
 }
 # DESIGN.md's metrics, plus the ones an operator needs for saturation, stalls and alert volume.
 REQUIRED_ON_DASHBOARD = {
@@ -102,7 +104,7 @@ def test_service_config_loads_and_listens_for_scrapes() -> None:
 def test_compose_references_existing_files_and_consistent_ports() -> None:
     compose = _yaml(DEPLOY / "docker-compose.yml")
     services = compose["services"]
-    assert {"kafka", "anomon", "prometheus", "grafana"} <= set(services)
+    assert {"kafka", "anomon", "prometheus", "alertmanager", "grafana"} <= set(services)
     cfg = _service_config()
 
     anomon = services["anomon"]
@@ -130,6 +132,13 @@ def test_compose_references_existing_files_and_consistent_ports() -> None:
         t for job in scrape if job["job_name"] == "anomon" for t in job["static_configs"][0]["targets"]
     ]
     assert targets == [f"anomon:{cfg.http.port}"]
+    alerting = _yaml(DEPLOY / "prometheus" / "prometheus.yml")["alerting"]["alertmanagers"]
+    alertmanager = services["alertmanager"]
+    am_port = alertmanager["ports"][0].split(":")[1]
+    assert [t for a in alerting for t in a["static_configs"][0]["targets"]] == [f"alertmanager:{am_port}"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in alertmanager["volumes"]}
+    config_flag = next(c for c in alertmanager["command"] if c.startswith("--config.file="))
+    assert mounted[config_flag.split("=", 1)[1]] == "./alertmanager/alertmanager.yml"
     datasource = _yaml(DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml")
     prometheus_port = services["prometheus"]["ports"][0].split(":")[1]
     assert datasource["datasources"][0]["url"] == f"http://prometheus:{prometheus_port}"
@@ -246,3 +255,42 @@ def test_alert_rules_fire_on_their_unit_tests() -> None:
     result = _promtool("test", "rules", "prometheus/tests/anomon.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
+
+
+AMTOOL = shutil.which("amtool")
+needs_amtool = pytest.mark.skipif(
+    AMTOOL is None, reason="amtool not on PATH: apt-get install prometheus-alertmanager (.ci/run does)"
+)
+
+
+def _amtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert AMTOOL is not None
+    return subprocess.run([AMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=DEPLOY)
+
+
+@needs_amtool
+def test_amtool_checks_the_alertmanager_config() -> None:
+    result = _amtool("check-config", str(ALERTMANAGER_CONFIG.relative_to(DEPLOY)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout and "2 receivers" in result.stdout
+
+
+@needs_amtool
+def test_every_alert_rule_routes_to_a_receiver_by_its_severity() -> None:
+    """Critical alerts page; warnings and info go to the operators' channel."""
+    expected = {"critical": "pager", "warning": "operators", "info": "operators"}
+    receivers = {r["name"] for r in _yaml(ALERTMANAGER_CONFIG)["receivers"]}
+    assert set(expected.values()) == receivers
+    for rule in _yaml(RULES)["groups"][0]["rules"]:
+        severity = rule["labels"]["severity"]
+        result = _amtool(
+            "config",
+            "routes",
+            "test",
+            f"--config.file={ALERTMANAGER_CONFIG.relative_to(DEPLOY)}",
+            f"--verify.receivers={expected[severity]}",
+            f"alertname={rule['alert']}",
+            f"severity={severity}",
+            "instance=edge-1:9108",
+        )
+        assert result.returncode == 0, f"{rule['alert']}: {result.stdout}{result.stderr}"

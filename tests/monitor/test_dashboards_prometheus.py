@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,9 +22,9 @@ from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.replay import find_clips, replay
 from monitor.service import MonitorService, ServiceStats, serve
 from tests.monitor.conftest import TopicFactory
+from tests.monitor.prometheus import PROMETHEUS, PrometheusServer, http_get
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-PROMETHEUS = shutil.which("prometheus")
 CAMERAS = ("obs-1", "obs-2")
 # What Grafana substitutes: the camera variable's values, and a rate window of several scrapes.
 VARIABLES = {"$camera": "|".join(CAMERAS), "$__rate_interval": "1m"}
@@ -36,83 +32,6 @@ VARIABLES = {"$camera": "|".join(CAMERAS), "$__rate_interval": "1m"}
 pytestmark = pytest.mark.skipif(
     PROMETHEUS is None, reason="prometheus not on PATH: apt-get install prometheus (.ci/run does)"
 )
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-class PrometheusServer:
-    """A throwaway Prometheus on loopback, scraping one target every second with deploy/'s rules."""
-
-    def __init__(self, workdir: Path, target: str) -> None:
-        deployed = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-        job = next(j for j in deployed["scrape_configs"] if j["job_name"] == "anomon")
-        job["static_configs"] = [{"targets": [target]}]
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(DEPLOY / "prometheus" / r) for r in deployed["rule_files"]],
-            "scrape_configs": [job],
-        }
-        self.config_path = workdir / "prometheus.yml"
-        self.config_path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
-        self.storage = workdir / "tsdb"
-
-    def __enter__(self) -> PrometheusServer:
-        assert PROMETHEUS is not None
-        self._log = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.storage}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"prometheus exited: {self.log.read_text()[-2000:]}"
-            try:
-                if _get(f"{self.url}/-/ready", 1.0)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready in 30 s: {self.log.read_text()[-2000:]}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-
-    def api(self, path: str, **params: str) -> Any:
-        status, body = _get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
-        doc = json.loads(body)
-        assert status == 200 and doc["status"] == "success", f"{path} {params}: {doc}"
-        return doc["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", expr
-        return list(data["result"])
-
-    def value(self, expr: str) -> float:
-        result = self.query(expr)
-        return float(result[0]["value"][1]) if result else math.nan
 
 
 def _panel_queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -175,7 +94,7 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
     service_thread.start()
     assert started.wait(60), "the service did not start"
     base = f"http://127.0.0.1:{http_port}"
-    assert _get(f"{base}/healthz")[0] == 200
+    assert http_get(f"{base}/healthz")[0] == 200
 
     publisher = FramePublisher(make_producer(kafka_settings), frames)
     clips = find_clips(ped2_like / "test") * 2  # 96 frames per camera: ~10 s of traffic at 10 fps
@@ -201,7 +120,7 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
                 60,
                 f"Prometheus to scrape {sent} scored frames and a dead letter",
             )
-            assert _get(f"{base}/readyz")[0] == 200
+            assert http_get(f"{base}/readyz")[0] == 200
             assert prometheus.value('up{job="anomon"}') == 1
 
             cameras = prometheus.api("label/camera/values", **{"match[]": "anomon_frames_processed_total"})

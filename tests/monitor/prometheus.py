@@ -1,0 +1,103 @@
+"""A throwaway Prometheus server on loopback with deploy/'s rules (Debian package `prometheus`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monitor.broker import free_port
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PROMETHEUS = shutil.which("prometheus")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+class PrometheusServer:
+    """A throwaway Prometheus on loopback, scraping one target every second with deploy/'s rules;
+    with `alertmanager` (host:port), it sends firing alerts there as deploy/'s `alerting:` says."""
+
+    def __init__(self, workdir: Path, target: str, alertmanager: str | None = None) -> None:
+        deployed = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+        job = next(j for j in deployed["scrape_configs"] if j["job_name"] == "anomon")
+        job["static_configs"] = [{"targets": [target]}]
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(DEPLOY / "prometheus" / r) for r in deployed["rule_files"]],
+            "scrape_configs": [job],
+        }
+        if alertmanager is not None:
+            (sender,) = deployed["alerting"]["alertmanagers"]
+            sender["static_configs"] = [{"targets": [alertmanager]}]
+            config["alerting"] = {"alertmanagers": [sender]}
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "prometheus.log"
+        self.storage = workdir / "tsdb"
+
+    def __enter__(self) -> PrometheusServer:
+        assert PROMETHEUS is not None
+        self._log = self.log.open("w")
+        self.process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.storage}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"prometheus exited: {self.log.read_text()[-2000:]}"
+            try:
+                if http_get(f"{self.url}/-/ready", 1.0)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus not ready in 30 s: {self.log.read_text()[-2000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    def api(self, path: str, **params: str) -> Any:
+        status, body = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        doc = json.loads(body)
+        assert status == 200 and doc["status"] == "success", f"{path} {params}: {doc}"
+        return doc["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", expr
+        return list(data["result"])
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else math.nan
