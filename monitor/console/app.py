@@ -100,7 +100,7 @@ def create_app(
                 status_code=421,
             )
         if not access.open_path(path) and not access.authorized(request):
-            if request.method == "GET" and not path.startswith(("/api/", "/events", "/metrics")):
+            if request.method == "GET" and (path in ("/", "/alerts") or path.startswith("/alerts/")):
                 return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
             return JSONResponse(
                 {"detail": "authentication required: log in at /login or send Authorization: Bearer TOKEN"},
