@@ -24,7 +24,9 @@ def console(
     kafka_config: KafkaConfig = None,
     config: Annotated[
         Path | None,
-        typer.Option(metavar="YAML", help="service YAML: its kafka: and topics: sections (as anomon run reads)"),
+        typer.Option(
+            metavar="YAML", help="service YAML: its kafka: and topics: sections (as anomon run reads)"
+        ),
     ] = None,
     host: Annotated[
         str, typer.Option(help="bind address; any but loopback needs ANOMON_CONSOLE_TOKEN or --token-file")
@@ -44,7 +46,8 @@ def console(
         float, typer.Option(metavar="SECONDS", help="a camera without scores this long shows stalled")
     ] = 30.0,
     retention_days: Annotated[float, typer.Option(help="alerts older than this are forgotten")] = 30.0,
-    max_record_bytes: Annotated[int, typer.Option(help="larger records are skipped and counted")] = 1024 * 1024,
+    max_record_bytes: Annotated[int, typer.Option(help="larger records are skipped and counted")] = 1024
+    * 1024,
 ) -> int:
     """Web console: live camera grid, alert review and feedback, from the Kafka topics."""
     from monitor.config import load_service_config
@@ -56,7 +59,9 @@ def console(
     if kafka_config is not None or service is None:
         kafka = load_kafka_settings(kafka_config, bootstrap_servers=bootstrap)
     else:
-        kafka = service.kafka.model_copy(update={"bootstrap_servers": bootstrap or service.kafka.bootstrap_servers})
+        kafka = service.kafka.model_copy(
+            update={"bootstrap_servers": bootstrap or service.kafka.bootstrap_servers}
+        )
     settings = ConsoleSettings(
         kafka=kafka,
         topics=service.topics if service is not None else ConsoleSettings().topics,

@@ -92,7 +92,9 @@ class Access:
         self.loopback_only = is_loopback(host)
         # The cookie holds a value derived from the token, not the token itself.
         self.session = (
-            None if token is None else hmac.new(token.encode(), b"anomon-console-session", hashlib.sha256).hexdigest()
+            None
+            if token is None
+            else hmac.new(token.encode(), b"anomon-console-session", hashlib.sha256).hexdigest()
         )
 
     @property

@@ -72,7 +72,10 @@ def create_app(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
     env.filters["duration"] = format_duration
-    env.filters["iso"] = lambda value: "" if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    env.filters["plural"] = plural
+    env.filters["iso"] = lambda value: (
+        "" if value is None else value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    )
     templates = Jinja2Templates(env=env)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -110,7 +113,9 @@ def create_app(
             why = access.same_origin(request)
             if why is not None:
                 return JSONResponse({"detail": f"cross-site request refused: {why}"}, status_code=403)
-            if path.startswith("/api/") and not access.csrf_matches(request, request.headers.get(CSRF_HEADER)):
+            if path.startswith("/api/") and not access.csrf_matches(
+                request, request.headers.get(CSRF_HEADER)
+            ):
                 return JSONResponse(
                     {"detail": f"CSRF token missing or wrong: send the page's token in {CSRF_HEADER}"},
                     status_code=403,
@@ -142,7 +147,7 @@ def create_app(
     def alerts_page(
         request: Request,
         camera: str = "",
-        range: str = "all",  # noqa: A002 - the query parameter's name
+        range: str = "all",
         start: Annotated[str, Query(alias="from")] = "",
         end: Annotated[str, Query(alias="to")] = "",
         tz: int = 0,
@@ -156,7 +161,12 @@ def create_app(
             page_name="alerts",
             listing=listing,
             cameras=store.camera_ids(),
-            filters={"camera": camera, "range": range if range in RANGES else "all", "from": start, "to": end},
+            filters={
+                "camera": camera,
+                "range": range if range in RANGES else "all",
+                "from": start,
+                "to": end,
+            },
             since=since,
             until=until,
             paged=before is not None,
@@ -171,7 +181,7 @@ def create_app(
         return page(request, "alert.html", page_name="alert", alert=detail)
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
-    def login_page(request: Request, next: str = "/") -> Response:  # noqa: A002
+    def login_page(request: Request, next: str = "/") -> Response:
         if not access.required:
             return RedirectResponse("/", status_code=303)
         return page(request, "login.html", page_name="login", next=_local(next), error=None)
@@ -181,10 +191,12 @@ def create_app(
         request: Request,
         token: Annotated[str, Form()] = "",
         csrf_token: Annotated[str, Form(alias=CSRF_FIELD)] = "",
-        next: Annotated[str, Form()] = "/",  # noqa: A002
+        next: Annotated[str, Form()] = "/",
     ) -> Response:
         if not access.csrf_matches(request, csrf_token):
-            return page(request, "login.html", 403, page_name="login", next=_local(next), error="expired form")
+            return page(
+                request, "login.html", 403, page_name="login", next=_local(next), error="expired form"
+            )
         if not access.login(token):
             return page(request, "login.html", 401, page_name="login", next=_local(next), error="wrong token")
         response = RedirectResponse(_local(next), status_code=303)
@@ -302,13 +314,20 @@ def format_duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def plural(count: int, noun: str) -> str:
+    """1 alert, 2 alerts, 1 box, 3 boxes."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}{'es' if noun.endswith('x') else 's'}"
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
 
 
-def _time_filter(range_: str, start: str, end: str, tz_offset_minutes: int) -> tuple[datetime | None, datetime | None]:
+def _time_filter(
+    range_: str, start: str, end: str, tz_offset_minutes: int
+) -> tuple[datetime | None, datetime | None]:
     """The [since, until) of the alerts page: datetime-local inputs (the browser's local time, given
     as JavaScript's getTimezoneOffset) win over the quick range."""
     local = timedelta(minutes=tz_offset_minutes)

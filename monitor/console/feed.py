@@ -168,7 +168,9 @@ class ConsoleFeed:
         self.metrics.records.labels(topic).inc()
         value = record.value
         if value is not None and len(value) > self.max_record_bytes:
-            self._skip(topic, "oversized", f"{len(value)} bytes, over --max-record-bytes {self.max_record_bytes}")
+            self._skip(
+                topic, "oversized", f"{len(value)} bytes, over --max-record-bytes {self.max_record_bytes}"
+            )
             return None
         try:
             message = wire.decode(value or b"")

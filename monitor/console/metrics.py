@@ -27,9 +27,7 @@ class ConsoleMetrics:
             ["topic", "reason"],
             registry=r,
         )
-        self.feedback = Counter(
-            "anomon_console_feedback", "Operator verdicts given", ["verdict"], registry=r
-        )
+        self.feedback = Counter("anomon_console_feedback", "Operator verdicts given", ["verdict"], registry=r)
         self.feedback_unpublished = Gauge(
             "anomon_console_feedback_unpublished",
             "Verdicts stored but not yet acknowledged by the feedback topic (retried)",

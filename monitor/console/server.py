@@ -74,7 +74,10 @@ class ConsoleServer:
         self._socket = _bind(settings.host, settings.port)
         topics = settings.topics
         self.metrics = ConsoleMetrics((topics.scores, topics.alerts, topics.thumbnails))
-        create_topics(settings.kafka, dict.fromkeys((topics.scores, topics.alerts, topics.thumbnails, topics.feedback), 1))
+        create_topics(
+            settings.kafka,
+            dict.fromkeys((topics.scores, topics.alerts, topics.thumbnails, topics.feedback), 1),
+        )
         self.store = ConsoleStore(settings.db, settings.stale_after_seconds)
         self.live = LiveUpdates()
         self.producer = make_producer(settings.kafka, ProducerSettings(max_block_ms=3000, linger_ms=0))
@@ -91,7 +94,12 @@ class ConsoleServer:
             retention_days=settings.retention_days,
         )
         self.app = create_app(
-            self.store, self.live, self.metrics, self.feedback, Access(token, settings.host), lambda: self.feed.ready
+            self.store,
+            self.live,
+            self.metrics,
+            self.feedback,
+            Access(token, settings.host),
+            lambda: self.feed.ready,
         )
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2

@@ -162,7 +162,9 @@ class ConsoleStore:
 
     # --- writes (the feed) ---------------------------------------------------------------------------
 
-    def apply(self, messages: Sequence[wire.ScoreMessage | wire.AlertMessage | wire.ThumbnailMessage]) -> Changes:
+    def apply(
+        self, messages: Sequence[wire.ScoreMessage | wire.AlertMessage | wire.ThumbnailMessage]
+    ) -> Changes:
         """Record a poll's messages in one transaction."""
         changes = Changes()
         with self._transaction() as db:
@@ -296,7 +298,8 @@ class ConsoleStore:
         limit: int = 100,
     ) -> AlertList:
         """Alerts that started in [since, until) and before `before`, newest first, `limit` a page."""
-        where, args = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        args: list[str | int] = []
         if camera:
             where.append("a.camera_id = ?")
             args.append(camera)
@@ -330,7 +333,8 @@ class ConsoleStore:
         start = to_ms(view.start_ts)
         end = to_ms(view.end_ts) if view.end_ts is not None else now_ms()
         scores = self._query(
-            "SELECT frame_index, ts, score FROM scores WHERE camera_id = ? AND ts BETWEEN ? AND ? ORDER BY ts",
+            "SELECT frame_index, ts, score FROM scores WHERE camera_id = ? AND ts BETWEEN ? AND ? "
+            "ORDER BY ts",
             (view.camera_id, start - CURVE_MARGIN_MS, end + CURVE_MARGIN_MS),
         )
         step = max(1, -(-len(scores) // CURVE_MAX_POINTS))
@@ -374,7 +378,9 @@ _ALERT_SELECT = (
 
 
 def _alert_view(row: tuple[Any, ...]) -> AlertView:
-    (alert_id, camera_id, start, end, reason, frames, peak_score, peak_index, peak_ts, regions, model) = row[:11]
+    (alert_id, camera_id, start, end, reason, frames, peak_score, peak_index, peak_ts, regions, model) = row[
+        :11
+    ]
     camera_last, has_snapshot, verdict = row[11:]
     last = end if end is not None else max(peak_ts, camera_last or start)
     return AlertView(
@@ -406,7 +412,8 @@ def _apply_score(db: sqlite3.Connection, m: wire.ScoreMessage) -> None:
         (m.camera_id, ts, m.frame_index, m.score),
     )
     db.execute(
-        "INSERT INTO cameras (camera_id, last_ts, last_frame_index, last_score, model) VALUES (?, ?, ?, ?, ?) "
+        "INSERT INTO cameras (camera_id, last_ts, last_frame_index, last_score, model) "
+        "VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (camera_id) DO UPDATE SET last_ts = excluded.last_ts, "
         "last_frame_index = excluded.last_frame_index, last_score = excluded.last_score, "
         "model = excluded.model WHERE cameras.last_ts IS NULL OR excluded.last_ts >= cameras.last_ts",
@@ -453,7 +460,8 @@ def _apply_alert(db: sqlite3.Connection, m: wire.AlertMessage) -> None:
         "end_ts = COALESCE(alerts.end_ts, excluded.end_ts), "
         "end_reason = COALESCE(alerts.end_reason, excluded.end_reason), "
         "frames = MAX(alerts.frames, excluded.frames), "
-        f"peak_frame_index = CASE WHEN {higher} THEN excluded.peak_frame_index ELSE alerts.peak_frame_index END, "
+        f"peak_frame_index = CASE WHEN {higher} THEN excluded.peak_frame_index "
+        "ELSE alerts.peak_frame_index END, "
         f"peak_ts = CASE WHEN {higher} THEN excluded.peak_ts ELSE alerts.peak_ts END, "
         f"peak_regions = CASE WHEN {higher} THEN excluded.peak_regions ELSE alerts.peak_regions END, "
         "peak_score = MAX(alerts.peak_score, excluded.peak_score)",

@@ -25,6 +25,7 @@
     return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
   }
 
+  const plural = (n, noun) => `${n} ${noun}${n === 1 ? "" : noun.endsWith("x") ? "es" : "s"}`;
   const verdictText = (v) => (v ? v.replace("_", " ") : "");
   const modelText = (m) => (m ? `${m.name} · ${m.version}` : "no model yet");
 
@@ -68,10 +69,12 @@
     tile.dataset.camera = c.camera_id;
     field(tile, "camera_id").textContent = c.camera_id;
     field(tile, "state").textContent = c.state;
-    field(tile, "score").textContent = c.last_score == null ? "–" : c.last_score.toFixed(2);
+    const scoreEl = field(tile, "score");
+    scoreEl.textContent = c.last_score == null ? "–" : c.last_score.toFixed(2);
+    scoreEl.classList.toggle("hot", c.last_score != null && c.last_score >= THRESHOLD);
     field(tile, "model").textContent = modelText(c.model);
     setTime(field(tile, "last_ts"), c.last_ts);
-    field(tile, "alerts_24h").textContent = `${c.alerts_24h} alerts in 24 h`;
+    field(tile, "alerts_24h").textContent = `${plural(c.alerts_24h, "alert")} in 24 h`;
     field(tile, "link").href = `/alerts?camera=${encodeURIComponent(c.camera_id)}`;
     const open = field(tile, "open_alert");
     open.hidden = !c.open_alert_id;
@@ -121,7 +124,9 @@
     field(row, "frames").textContent = String(a.frames);
     field(row, "boxes").textContent = String(a.peak.regions.length);
     field(row, "model").textContent = modelText(a.model);
-    field(row, "status").textContent = a.open ? "open" : a.end_reason;
+    const status = field(row, "status");
+    status.textContent = a.open ? "open" : a.end_reason;
+    status.classList.toggle("is-open", a.open);
     const verdict = field(row, "verdict");
     verdict.textContent = verdictText(a.verdict);
     verdict.dataset.verdict = a.verdict || "";
@@ -155,7 +160,7 @@
 
   function curve(el, d) {
     el.replaceChildren();
-    const W = 800, H = 180, L = 34, R = 8, T = 8, B = 22;
+    const W = 1100, H = 220, L = 34, R = 10, T = 8, B = 24;
     const points = d.scores.map((p) => [Date.parse(p.ts), p.score]);
     const start = Date.parse(d.start_ts);
     const end = d.end_ts ? Date.parse(d.end_ts) : (points.length ? points[points.length - 1][0] : start);
@@ -172,7 +177,7 @@
     }
     for (const [t, anchor] of [[t0, "start"], [t1, "end"]]) {
       const label = svg("text", { x: x(t), y: H - 6, class: "axis", "text-anchor": anchor });
-      label.textContent = localTime(new Date(t).toISOString());
+      label.textContent = new Date(t).toLocaleTimeString(undefined, { hour12: false });
       el.append(label);
     }
     if (points.length > 1) {
@@ -199,7 +204,9 @@
   }
 
   function renderDetail(d) {
-    document.getElementById("status").textContent = d.open ? "open" : `ended: ${d.end_reason}`;
+    const status = document.getElementById("status");
+    status.textContent = d.open ? "open" : `ended: ${d.end_reason}`;
+    status.classList.toggle("is-open", d.open);
     const ended = document.getElementById("ended");
     if (d.end_ts) {
       const t = document.createElement("time");
@@ -218,7 +225,7 @@
     }));
     if (!d.peak.regions.length) boxes.textContent = "none";
     document.getElementById("snapshot-caption").textContent =
-      `peak frame ${d.peak.frame_index} · score ${d.peak.score.toFixed(2)} · ${d.peak.regions.length} boxes`;
+      `peak frame ${d.peak.frame_index} · score ${d.peak.score.toFixed(2)} · ${plural(d.peak.regions.length, "box")}`;
     const img = document.getElementById("snapshot");
     if (img && d.snapshot_url) {
       const src = `${d.snapshot_url}?peak=${d.peak.frame_index}`;

@@ -21,7 +21,9 @@ from monitor.console.server import ConsoleServer, ConsoleSettings
 from monitor.kafka_client import KafkaSettings, make_producer
 from tests.monitor.conftest import TopicFactory
 
-MODEL = wire.ModelInfo(name="anomem", version="test-1", backend="onnxruntime", precision="fp32", sha256="a" * 64)
+MODEL = wire.ModelInfo(
+    name="anomem", version="test-1", backend="onnxruntime", precision="fp32", sha256="a" * 64
+)
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 
 
@@ -66,7 +68,9 @@ def start_console(
         console.stop()
 
 
-def publish(settings: KafkaSettings, topic: str, values: Sequence[bytes | None], key: bytes = b"cam-1") -> None:
+def publish(
+    settings: KafkaSettings, topic: str, values: Sequence[bytes | None], key: bytes = b"cam-1"
+) -> None:
     """Send raw record values and wait for them."""
     producer = make_producer(settings)
     try:
@@ -83,7 +87,9 @@ def jpeg(width: int = 160, height: int = 120, level: int = 90) -> bytes:
     return cv2.imencode(".jpg", image)[1].tobytes()
 
 
-def score(camera: str, index: int, value: float, at: datetime = T0, model: wire.ModelInfo = MODEL) -> wire.ScoreMessage:
+def score(
+    camera: str, index: int, value: float, at: datetime = T0, model: wire.ModelInfo = MODEL
+) -> wire.ScoreMessage:
     ts = at + timedelta(milliseconds=100 * index)
     return wire.ScoreMessage(
         camera_id=camera,
@@ -131,7 +137,9 @@ def alert(
     )
 
 
-def thumbnail(camera: str, index: int, at: datetime = T0, model: wire.ModelInfo = MODEL) -> wire.ThumbnailMessage:
+def thumbnail(
+    camera: str, index: int, at: datetime = T0, model: wire.ModelInfo = MODEL
+) -> wire.ThumbnailMessage:
     return wire.ThumbnailMessage(
         camera_id=camera,
         frame_index=index,
@@ -154,7 +162,9 @@ class Http:
     def __init__(self, base: str) -> None:
         self.base = base
         self.cookies = CookieJar()
-        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies), _NoRedirects)
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(self.cookies), _NoRedirects
+        )
 
     def request(
         self, path: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None

@@ -41,7 +41,9 @@ def test_a_non_loopback_address_needs_a_token(
 
     assert main(["console", "--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "c.db")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--host 0.0.0.0" in err and TOKEN_ENV in err and "--token-file" in err
+    assert (
+        len(err.splitlines()) == 1 and "--host 0.0.0.0" in err and TOKEN_ENV in err and "--token-file" in err
+    )
 
     short = tmp_path / "short"
     short.write_text("abc\n")
@@ -71,7 +73,9 @@ def test_with_a_token_every_route_but_healthz_needs_it(
     )  # fmt: skip
     for path in guarded:
         assert anonymous.request(path)[0] == 401, path
-    post = anonymous.request(f"/api/alerts/{a}/feedback", "POST", b'{"verdict": "real"}', {"Origin": console.url})
+    post = anonymous.request(
+        f"/api/alerts/{a}/feedback", "POST", b'{"verdict": "real"}', {"Origin": console.url}
+    )
     assert post[0] == 401
 
     # The login form: a wrong token is refused, the right one sets an HttpOnly session cookie.
@@ -95,7 +99,10 @@ def test_with_a_token_every_route_but_healthz_needs_it(
     assert script.request("/metrics", headers=bearer)[0] == 200
     assert script.request("/metrics", headers={"Authorization": "Bearer wrong-token-wrong-token"})[0] == 401
     status, _, body = script.request(
-        f"/api/alerts/{a}/feedback", "POST", b'{"verdict": "real"}', {**bearer, "Content-Type": "application/json"}
+        f"/api/alerts/{a}/feedback",
+        "POST",
+        b'{"verdict": "real"}',
+        {**bearer, "Content-Type": "application/json"},
     )
     assert status == 200 and json.loads(body)["verdict"] == "real"
 
@@ -124,9 +131,13 @@ def test_feedback_posts_need_this_origin_and_the_page_csrf_token(
         status, _, answer = browser.request(path, "POST", body, headers)
         assert status == 403 and (b"refused" in answer or b"CSRF" in answer), case
     assert json.loads(browser.request(f"/api/alerts/{a}")[2])["feedback"] == []
-    status, _, answer = browser.request(path, "POST", body, {**json_type, "Origin": console.url, "X-CSRF-Token": csrf})
+    status, _, answer = browser.request(
+        path, "POST", body, {**json_type, "Origin": console.url, "X-CSRF-Token": csrf}
+    )
     assert status == 200 and json.loads(answer)["verdict"] == "false_alarm"
-    bad = browser.request(path, "POST", b'{"verdict": "maybe"}', {**json_type, "Origin": console.url, "X-CSRF-Token": csrf})
+    bad = browser.request(
+        path, "POST", b'{"verdict": "maybe"}', {**json_type, "Origin": console.url, "X-CSRF-Token": csrf}
+    )
     assert bad[0] == 422 and b"verdict" in bad[2]
 
 
@@ -144,9 +155,13 @@ def test_kafka_text_is_escaped_and_snapshot_routes_reach_no_file(
     start_console: ConsoleFactory, console_topics: wire.Topics, kafka_settings: KafkaSettings
 ) -> None:
     console = start_console()
-    hostile = MODEL.model_copy(update={"version": "<script>alert(1)</script>", "name": '"><img src=x onerror=1>'})
+    hostile = MODEL.model_copy(
+        update={"version": "<script>alert(1)</script>", "name": '"><img src=x onerror=1>'}
+    )
     a = uuid.uuid4()
-    publish(kafka_settings, console_topics.scores, [wire.encode(score("cam-x", 0, 0.9, model=hostile))], b"cam-x")
+    publish(
+        kafka_settings, console_topics.scores, [wire.encode(score("cam-x", 0, 0.9, model=hostile))], b"cam-x"
+    )
     publish(kafka_settings, console_topics.alerts, [wire.encode(alert("cam-x", a, model=hostile))], b"cam-x")
     http = Http(console.url)
     wait_for(lambda: http.request(f"/api/alerts/{a}")[0] == 200, what="the alert")

@@ -12,7 +12,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor import wire
 from monitor.kafka_client import KafkaSettings
 from tests.monitor.conftest import RecordReader
-from tests.monitor.console.conftest import ConsoleFactory, Http, alert, jpeg, publish, score, thumbnail, wait_for
+from tests.monitor.console.conftest import (
+    ConsoleFactory,
+    Http,
+    alert,
+    jpeg,
+    publish,
+    score,
+    thumbnail,
+    wait_for,
+)
 
 
 def _skipped(http: Http) -> dict[tuple[str, str], float]:
@@ -76,7 +85,9 @@ def test_history_and_feedback_survive_a_restart_and_feedback_is_published(
         [wire.encode(score("cam-7", i, 0.9 if i > 3 else 0.1, at=now)) for i in range(10)],
         key=b"cam-7",
     )
-    publish(kafka_settings, console_topics.thumbnails, [wire.encode(thumbnail("cam-7", 9, at=now))], key=b"cam-7")
+    publish(
+        kafka_settings, console_topics.thumbnails, [wire.encode(thumbnail("cam-7", 9, at=now))], key=b"cam-7"
+    )
     publish(
         kafka_settings,
         console_topics.alerts,
@@ -103,7 +114,9 @@ def test_history_and_feedback_survive_a_restart_and_feedback_is_published(
     message = wire.decode(records[0].value)
     assert isinstance(message, wire.FeedbackMessage)
     assert (message.alert_id, message.verdict, message.note) == (a, "false_alarm", "a cyclist, allowed here")
-    assert wire.format_ts(message.alert_start_ts) == json.loads(body)["start_ts"] and message.model is not None
+    assert (
+        wire.format_ts(message.alert_start_ts) == json.loads(body)["start_ts"] and message.model is not None
+    )
 
     db, group = console.settings.db, console.settings.group_id
     console.stop()

@@ -104,9 +104,7 @@ def test_feedback_is_pending_until_published_and_the_latest_verdict_shows(tmp_pa
 def test_alerts_filter_by_camera_and_time_and_page_newest_first(tmp_path: Path) -> None:
     store = ConsoleStore(tmp_path / "console.db")
     ids = [uuid.uuid4() for _ in range(5)]
-    store.apply(
-        [alert(f"cam-{i % 2}", a, start=T0 + timedelta(minutes=i)) for i, a in enumerate(ids)]
-    )
+    store.apply([alert(f"cam-{i % 2}", a, start=T0 + timedelta(minutes=i)) for i, a in enumerate(ids)])
     assert [v.alert_id for v in store.alerts().alerts] == ids[::-1]
     assert [v.alert_id for v in store.alerts(camera="cam-1").alerts] == [ids[3], ids[1]]
     window = store.alerts(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3))
