@@ -72,13 +72,13 @@ class ConsoleServer:
         token = settings.token.get_secret_value() if settings.token is not None else None
         check_bind(settings.host, token)
         self._socket = _bind(settings.host, settings.port)
+        self.store = ConsoleStore(settings.db, settings.stale_after_seconds)
         topics = settings.topics
         self.metrics = ConsoleMetrics((topics.scores, topics.alerts, topics.thumbnails))
         create_topics(
             settings.kafka,
             dict.fromkeys((topics.scores, topics.alerts, topics.thumbnails, topics.feedback), 1),
         )
-        self.store = ConsoleStore(settings.db, settings.stale_after_seconds)
         self.live = LiveUpdates()
         self.producer = make_producer(settings.kafka, ProducerSettings(max_block_ms=3000, linger_ms=0))
         self.feedback = FeedbackPublisher(self.store, self.producer, topics.feedback, self.metrics)
