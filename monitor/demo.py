@@ -2,7 +2,9 @@
 
 It starts the embedded broker, trains a small model on the spot on a generated street scene (normal:
 people walking; anomalous: a fast vehicle-sized block), replays a test clip through Kafka, runs the
-service on it, prints scores and alerts as they arrive and serves the metrics endpoint.
+service on it, prints scores and alerts as they arrive, serves the metrics endpoint and the operator
+console, whose URL it prints; the demo's alert shows there. The console stays up after the replay until
+Ctrl-C (`stay_seconds`), so there is time to look.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class DemoResult:
     flagged_anomalous: int  # frames labelled anomalous whose score message says anomalous
     flagged_normal: int  # frames labelled normal whose score message says anomalous
     metrics_url: str | None
+    console_url: str | None = None
 
 
 def run_demo(
@@ -100,8 +103,16 @@ def run_demo(
     http_port: int = 9108,
     workdir: str | Path | None = None,
     printer: Callable[[str], None] = print,
+    console_port: int | None = 8080,
+    stay_seconds: float | None = None,
+    on_console: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run the whole demo; returns what was published. See the module docstring."""
+    """Run the whole demo; returns what was published. See the module docstring.
+
+    console_port: the console's port (0: any free one; None: no console). stay_seconds: how long the
+    console (and the broker) stay up after the replay; None: until Ctrl-C. on_console: called with the
+    console's URL once it serves (tests open it while the demo runs).
+    """
     from kafka import KafkaConsumer
 
     from model.config import parse_config
@@ -144,6 +155,24 @@ def run_demo(
             environ={},
         )
         create_topics(settings, {cfg.topics.frames: 2, cfg.topics.scores: 1, cfg.topics.alerts: 1})
+        console = None
+        if console_port is not None:
+            from monitor.console.server import ConsoleServer, ConsoleSettings
+
+            def open_console(port: int) -> ConsoleServer:
+                return ConsoleServer(
+                    ConsoleSettings(kafka=settings, topics=cfg.topics, port=port, db=root / "console.db")
+                )
+
+            try:
+                console = open_console(console_port)
+            except OSError as err:  # the port is taken: any free one will do for a demo
+                printer(f"      port {console_port} is not free ({err.strerror}); the console takes another")
+                console = open_console(0)
+            console.start()
+            printer(f"      console on {console.url} (cameras, alerts, feedback)")
+            if on_console is not None:
+                on_console(console.url)
         started = threading.Event()
         holder: dict[str, MonitorService] = {}
 
@@ -213,20 +242,38 @@ def run_demo(
                 printer(f"  ALERT  {doc['type']:6s} {doc['camera_id']} {doc['alert_id'][:8]}")
         outputs.close()
         publisher.producer.close(timeout=5)
-    flagged = [(labels[i], s["anomalous"]) for i, s in scores.items() if i < len(labels)]
-    result = DemoResult(
-        frames_sent=frames,
-        scores=len(scores),
-        alerts=alerts,
-        anomalous_frames=sum(labels),
-        flagged_anomalous=sum(1 for label, a in flagged if label and a),
-        flagged_normal=sum(1 for label, a in flagged if not label and a),
-        metrics_url=metrics_url,
-    )
-    printer(
-        f"done: {result.scores}/{frames} frames scored; "
-        f"{sum(a['type'] == 'start' for a in alerts)} alert(s); "
-        f"{result.flagged_anomalous}/{result.anomalous_frames} anomalous frames flagged, "
-        f"{result.flagged_normal}/{frames - result.anomalous_frames} normal frames flagged"
-    )
+        flagged = [(labels[i], s["anomalous"]) for i, s in scores.items() if i < len(labels)]
+        result = DemoResult(
+            frames_sent=frames,
+            scores=len(scores),
+            alerts=alerts,
+            anomalous_frames=sum(labels),
+            flagged_anomalous=sum(1 for label, a in flagged if label and a),
+            flagged_normal=sum(1 for label, a in flagged if not label and a),
+            metrics_url=metrics_url,
+            console_url=console.url if console is not None else None,
+        )
+        printer(
+            f"done: {result.scores}/{frames} frames scored; "
+            f"{sum(a['type'] == 'start' for a in alerts)} alert(s); "
+            f"{result.flagged_anomalous}/{result.anomalous_frames} anomalous frames flagged, "
+            f"{result.flagged_normal}/{frames - result.anomalous_frames} normal frames flagged"
+        )
+        if console is not None:
+            try:
+                _stay(console.url, stay_seconds, printer)
+            finally:
+                console.stop()
     return result
+
+
+def _stay(url: str, seconds: float | None, printer: Callable[[str], None]) -> None:
+    """Keep the console up after the replay: `seconds`, or until Ctrl-C when None."""
+    if seconds is not None and seconds <= 0:
+        return
+    until = "Ctrl-C" if seconds is None else f"{seconds:g} s pass (or Ctrl-C)"
+    printer(f"the console stays up on {url} until {until}: its Alerts page shows the demo's alert")
+    try:
+        time.sleep(seconds if seconds is not None else 10**9)
+    except KeyboardInterrupt:
+        printer("stopping")

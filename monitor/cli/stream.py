@@ -266,9 +266,24 @@ def demo(
     workdir: Annotated[
         Path | None, typer.Option(help="where the scene, model and export go (default: a temp folder)")
     ] = None,
+    console_port: Annotated[int, typer.Option(help="the console's port (0 = any free port)")] = 8080,
+    console: Annotated[bool, typer.Option(help="start the operator console and print its URL")] = True,
+    stay: Annotated[
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="keep the console up this long after the replay (default: Ctrl-C)"
+        ),
+    ] = None,
 ) -> int:
-    """One-command first run: embedded broker, a model trained on a generated scene, live scores."""
+    """One-command first run: embedded broker, a model trained on a generated scene, live scores, console."""
     from monitor.demo import run_demo
 
-    result = run_demo(frames=frames, fps=fps, http_port=http_port, workdir=workdir)
+    result = run_demo(
+        frames=frames,
+        fps=fps,
+        http_port=http_port,
+        workdir=workdir,
+        console_port=console_port if console else None,
+        stay_seconds=stay,
+    )
     return 0 if result.scores == result.frames_sent else 1

@@ -1,6 +1,11 @@
 """`anomon demo` start to finish: broker, on-the-spot model, replay, service, printed results."""
 
+import contextlib
+import json
 import re
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,8 +22,31 @@ def test_street_scene_marks_exactly_the_anomalous_frames() -> None:
 
 
 def test_demo_runs_start_to_finish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    result = run_demo(frames=40, fps=40.0, http_port=0, workdir=tmp_path)
+    seen: dict[str, set[str]] = {"alerts": set()}
+    urls: list[str] = []
+
+    def watch(url: str) -> None:  # the console, polled as a user's browser would, while the demo runs
+        urls.append(url)
+
+        def poll() -> None:
+            while len(urls) == 1:
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(f"{url}/api/alerts", timeout=2) as r,
+                ):
+                    seen["alerts"] |= {a["alert_id"] for a in json.load(r)["alerts"]}
+                time.sleep(0.2)
+
+        threading.Thread(target=poll, daemon=True).start()
+
+    result = run_demo(
+        frames=40, fps=40.0, http_port=0, workdir=tmp_path, console_port=0, stay_seconds=2, on_console=watch
+    )
+    urls.append("done")
     printed = capsys.readouterr().out
+    assert result.console_url == urls[0] and f"console on {urls[0]}" in printed
+    started = {a["alert_id"] for a in result.alerts if a["type"] == "start"}
+    assert started and started <= seen["alerts"]  # the demo's alert reached the console
     assert result.scores == 40  # every frame scored and published
     assert any(a["type"] == "start" for a in result.alerts) and any(a["type"] == "end" for a in result.alerts)
     assert result.flagged_anomalous >= result.anomalous_frames // 2  # the block is easy to see
