@@ -61,6 +61,12 @@ def rss_bytes(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def distinct_models(checkpoint: Path, count: int, work: Path) -> list[Path]:
     """`count` exports of the checkpoint, each with its memory items perturbed by its own seed."""
     state, meta = load_checkpoint(checkpoint)
@@ -97,14 +103,28 @@ class Row:
     mean_batch: float
     e2e_p50_ms: float
     e2e_p99_ms: float
+    cpu_ms_per_frame: float  # the service's CPU time per frame scored (robust to other jobs' load)
     service_rss_mb: float
     models_loaded: int
 
 
+def _processed(service: Service) -> int:
+    return int(_total(service.metrics(), "anomon_frames_processed_total"))
+
+
 def _row(
-    scenario: str, round_no: int, mode: str, cameras: int, sent: int, reader: ScoreReader, service: Service
+    scenario: str,
+    round_no: int,
+    mode: str,
+    cameras: int,
+    sent: int,
+    reader: ScoreReader,
+    service: Service,
+    cpu_from: tuple[float, int],
 ) -> Row:
     metrics = service.metrics()
+    cpu = cpu_seconds(service.process.pid) - cpu_from[0]
+    processed = int(_total(metrics, "anomon_frames_processed_total")) - cpu_from[1]
     scores = [m for m, _ in reader.received]
     published = sorted(m.processed_ts.timestamp() for m in scores)
     span = published[-1] - published[0] if len(published) > 1 else float("nan")
@@ -123,6 +143,7 @@ def _row(
         / max(1.0, _total(metrics, "anomon_batch_size_count")),
         e2e_p50_ms=float(np.percentile(e2e, 50)),
         e2e_p99_ms=float(np.percentile(e2e, 99)),
+        cpu_ms_per_frame=1e3 * cpu / max(1, processed),
         service_rss_mb=rss_bytes(service.process.pid) / 2**20,
         models_loaded=int(_total(metrics, "anomon_models_loaded")),
     )
@@ -188,10 +209,14 @@ def main() -> None:
             if mode == "saturated":  # pre-loaded; no consumer on the cores while the service works
                 sent = replay(clips, publisher, fps=1000, cameras=args.cameras, camera_prefix=CAMERA_PREFIX)
                 service = Service(cfg, work)
+                while (processed := _processed(service)) == 0:  # CPU from the first score on
+                    time.sleep(0.05)
+                cpu_from = (cpu_seconds(service.process.pid), processed)
                 _wait_scored(reader, service, len(sent.sent), 900, f"{name} scoring", live=False)
             else:
                 service = Service(cfg, work)
                 service.wait_ready()
+                cpu_from = (cpu_seconds(service.process.pid), _processed(service))
                 reader.start()
                 sent = replay(
                     clips, publisher, fps=args.live_fps, cameras=args.cameras, camera_prefix=CAMERA_PREFIX
@@ -199,7 +224,7 @@ def main() -> None:
                 _wait_scored(reader, service, len(sent.sent), 120, f"{name} scoring")
                 reader.stop.set()
             publisher.producer.close()
-            row = _row(scenario, round_no, mode, args.cameras, len(sent.sent), reader, service)
+            row = _row(scenario, round_no, mode, args.cameras, len(sent.sent), reader, service, cpu_from)
             service.stop()
             print(row)
             return row
@@ -218,6 +243,10 @@ def main() -> None:
         for s, d in zip(pick("shared", "saturated"), pick("distinct", "saturated"), strict=True)
     ]
     rss = {k: float(np.median([r.service_rss_mb for r in pick(k, "live")])) for k in ("shared", "distinct")}
+    cpu = {
+        k: float(np.median([r.cpu_ms_per_frame for r in pick(k, "saturated")]))
+        for k in ("shared", "distinct")
+    }
     report = {
         **run_record(args.checkpoint),
         "machine": {
@@ -241,6 +270,7 @@ def main() -> None:
         "distinct_vs_shared_fps_ratio_per_round": ratios,
         "distinct_vs_shared_fps_ratio": float(np.median(ratios)),
         "live_p99_ms": {k: float(np.median([r.e2e_p99_ms for r in pick(k, "live")])) for k in rss},
+        "saturated_cpu_ms_per_frame": cpu,
         "service_rss_mb": rss,
         "rss_mb_per_extra_model": (rss["distinct"] - rss["shared"]) / (args.cameras - 1),
         "growth": growth,
@@ -262,24 +292,26 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}` ({report['date']})",
         "",
         "| scenario | round | mode | cameras | models | sent | scored | dropped | frames/s | mean batch "
-        "| e2e p50 ms | e2e p99 ms | service RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| e2e p50 ms | e2e p99 ms | CPU ms/frame | service RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         lines.append(
             f"| {r['scenario']} | {r['round']} | {r['mode']} | {r['cameras']} | {r['models']} "
             f"| {r['frames_sent']} | {r['frames_scored']} | {r['frames_dropped']} "
             f"| {r['processed_fps']:.1f} | {r['mean_batch']:.1f} | {r['e2e_p50_ms']:.0f} "
-            f"| {r['e2e_p99_ms']:.0f} | {r['service_rss_mb']:.0f} |"
+            f"| {r['e2e_p99_ms']:.0f} | {r['cpu_ms_per_frame']:.1f} | {r['service_rss_mb']:.0f} |"
         )
     ratios = ", ".join(f"{v:.2f}" for v in report["distinct_vs_shared_fps_ratio_per_round"])
-    rss = report["service_rss_mb"]
+    rss, cpu = report["service_rss_mb"], report["saturated_cpu_ms_per_frame"]
     p99 = report["live_p99_ms"]
     lines += [
         "",
         f"Saturated aggregate frames/s, distinct / shared, median of rounds: "
         f"**{report['distinct_vs_shared_fps_ratio']:.2f}** (target "
-        f"{report['targets']['distinct_vs_shared_fps_ratio']}); per round: {ratios}.",
+        f"{report['targets']['distinct_vs_shared_fps_ratio']}); per round: {ratios}. The service's CPU "
+        f"time per frame scored (saturated, median): shared {cpu['shared']:.1f} ms, distinct "
+        f"{cpu['distinct']:.1f} ms.",
         f"Live ({report['live_fps_per_camera']:g} frames/s per camera), capture-to-publish p99, "
         "median of rounds: "
         f"shared {p99['shared']:.0f} ms, distinct {p99['distinct']:.0f} ms.",
