@@ -291,7 +291,13 @@ class HealthServer:
                 pass
 
         self.ready = ready
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as err:  # a user error: the port is taken or the address is not this machine's
+            raise ValueError(
+                f"cannot serve metrics on {host}:{port} ({err.strerror or err}); pick another port "
+                "(--http-port, http.port) or address"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="anomon-http", daemon=True)
 

@@ -349,17 +349,18 @@ class MonitorService:
             KafkaUnavailableError: Kafka did not answer within `kafka.startup_wait_seconds`.
         """
         failed: set[str] = set()
+        limit, started = self.cfg.kafka.startup_wait_seconds, time.monotonic()
         while wait_for_kafka(self.cfg.kafka, self.stop_requested, say):
             try:
                 with quiet_kafka_logs():
                     self.connect()
                 return True
             except KafkaUnavailableError as err:  # e.g. a broker still starting refuses to create topics
+                if limit is not None and time.monotonic() - started >= limit:
+                    raise
                 if str(err) not in failed:
                     say(f"{err}; trying again")
                     failed.add(str(err))
-                if self.cfg.kafka.startup_wait_seconds == 0:
-                    raise
                 self.stop_requested.wait(RETRY_BACKOFF[0])
         return False
 
