@@ -60,6 +60,13 @@ def resolve_broker_binary() -> str:
         ) from None
 
 
+def port_in_use(port: int, host: str = _HOST) -> bool:
+    """True when something listens on host:port already."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def free_port(host: str = _HOST) -> int:
     """A TCP port that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -121,6 +128,11 @@ class EmbeddedBroker:
         binary = self._binary or Path(resolve_broker_binary())
         if not binary.is_file():
             raise BrokerError(f"Tansu broker binary not found: {binary}")
+        if self._requested_port and port_in_use(self._requested_port):
+            raise BrokerError(
+                f"port {self._requested_port} on {_HOST} is in use (another broker?); stop it or pick "
+                "another port (--port)"
+            )
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="anomon-broker-", suffix=".log")
             self.log_path = Path(name)

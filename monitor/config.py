@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model.config import ConfigError, read_yaml_mapping, set_dotted
 from monitor.camera import PerCameraSettings
+from monitor.cameras_file import load_cameras_file
 from monitor.kafka_client import ConsumerSettings, KafkaSettings, ProducerSettings
 from monitor.webhooks import WebhookSettings
 from monitor.wire import MAX_FRAME_BYTES, Topics
@@ -38,6 +39,11 @@ class ModelSettings(_Section):
     )
     store: Path | None = Field(
         None, description="model store folder (anomon store): each camera scored by its own model"
+    )
+    engine_cache: Path | None = Field(
+        None,
+        description="TensorRT engine cache folder, writable by the service (default: the artifact's "
+        "engines/ folder; set it when models are mounted read-only or come from a store)",
     )
     store_poll_seconds: float = Field(
         5.0, gt=0, le=3600, description="how often the store is checked for new or changed models"
@@ -152,8 +158,16 @@ def load_service_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    cameras_file: str | Path | None = None,
 ) -> ServiceConfig:
-    """Build the configuration: defaults < YAML file < environment < `overrides` (dotted keys).
+    """Build the configuration: defaults < YAML file < cameras file < environment < `overrides`.
+
+    Args:
+        path: the service YAML.
+        overrides: dotted keys, e.g. {"batching.max_batch": 16}.
+        environ: where ANOMON__* variables are read (default: os.environ).
+        cameras_file: a cameras file (monitor/cameras_file.py) whose per-camera settings are laid over
+            the YAML's `cameras` section, field by field.
 
     Raises:
         ConfigError: missing file, bad YAML, or an invalid field (named with its dotted path).
@@ -161,6 +175,8 @@ def load_service_config(
     sections = "sections (kafka, model, batching, intake, cameras, ...)"
     data = read_yaml_mapping(path, sections) if path is not None else {}
     source = str(path) if path is not None else "configuration"
+    if cameras_file is not None:
+        _lay_over(data, load_cameras_file(cameras_file).settings, source)
     for dotted, value in {
         **env_overrides(os.environ if environ is None else environ),
         **(overrides or {}),
@@ -174,3 +190,24 @@ def load_service_config(
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{source}: field '{field}': {message}") from None
+
+
+def _lay_over(data: dict[str, Any], cameras: PerCameraSettings, source: str) -> None:
+    """Set the fields a cameras file gives over the config's `cameras` section (defaults and each camera)."""
+    section = data.setdefault("cameras", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: field 'cameras': expected the defaults: and cameras: sections")
+    section["defaults"] = _merged(section.get("defaults"), cameras.defaults.model_dump(exclude_unset=True))
+    per_camera = dict(section.get("cameras") or {})
+    for camera_id, fields in cameras.cameras.items():
+        per_camera[camera_id] = _merged(per_camera.get(camera_id), fields)
+    section["cameras"] = per_camera
+
+
+def _merged(base: Mapping[str, Any] | None, over: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `over`'s fields; a section in both (`snapshot`) merges field by field."""
+    out = dict(base or {})
+    for key, value in over.items():
+        nested = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = {**out[key], **value} if nested else value
+    return out

@@ -7,8 +7,9 @@ the capture time as the record timestamp (`FramePublisher`), at a steady rate (`
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,6 +283,8 @@ def ingest(
     max_frames: int | None = None,
     start_index: int = 0,
     progress: bool = True,
+    stop: threading.Event | None = None,
+    on_frame: Callable[[str], None] | None = None,
 ) -> IngestReport:
     """Publish a source's frames as one camera, paced, and flush.
 
@@ -297,8 +300,11 @@ def ingest(
         max_frames: stop after this many frames.
         start_index: frame index of the first frame.
         progress: show a progress bar.
+        stop: set it to end the ingest from another thread, as Ctrl-C does.
+        on_frame: called with "sent" after each frame is queued and "dropped" for each live frame
+            dropped to keep the rate (the supervisor counts them per camera).
 
-    Ctrl-C ends it cleanly: the frames sent so far are flushed and reported (`interrupted`).
+    Ctrl-C (or `stop`) ends it cleanly: the frames sent so far are flushed and reported (`interrupted`).
 
     Raises:
         SourceError, KafkaUnavailableError, PublishError.
@@ -312,14 +318,18 @@ def ingest(
     else:
         rate = fps or source.fps or (DEFAULT_FOLDER_FPS if isinstance(source, ImageFolderSource) else None)
         if rate is None:
-            raise SourceError(f"cannot tell the frame rate of {source.name}; pass --fps")
+            raise SourceError(
+                f"cannot tell the frame rate of {source.name}; set it (--fps, or fps: in a cameras file)"
+            )
     pacer = Pacer(rate)
     report = IngestReport(camera_id=camera_id, topic=publisher.topic, first_index=start_index)
     total = max_frames if max_frames is not None else (None if loop else source.length)
+    stop = stop or threading.Event()
+    counted = on_frame or (lambda outcome: None)
     started = time.monotonic()
     try:
         with tqdm(total=total, unit="frame", desc=camera_id, disable=not progress) as bar:
-            for image in _paced(source, pacer, loop, report):
+            for image in _paced(source, pacer, loop, report, stop, counted):
                 if max_frames is not None and report.frames >= max_frames:
                     break
                 capture_ts_ns = time.time_ns()
@@ -328,31 +338,42 @@ def ingest(
                 payload = encode_jpeg(image, jpeg_quality)
                 publisher.send(camera_id, payload, JPEG, start_index + report.frames, capture_ts_ns)
                 report.frames += 1
+                counted("sent")
                 bar.update()
     except KeyboardInterrupt:
         report.interrupted = True  # Ctrl-C is how a live ingest ends: flush and report what was sent
+    report.interrupted = report.interrupted or stop.is_set()
     publisher.flush()
     report.seconds = time.monotonic() - started
     return report
 
 
-def _paced(source: FrameSource, pacer: Pacer, loop: bool, report: IngestReport) -> Iterator[np.ndarray]:
-    """The source's frames in their slots: a stored frame waits for it, a live one without one is dropped."""
-    while True:
+def _paced(
+    source: FrameSource,
+    pacer: Pacer,
+    loop: bool,
+    report: IngestReport,
+    stop: threading.Event,
+    counted: Callable[[str], None],
+) -> Iterator[np.ndarray]:
+    """The source's frames in their slots: a stored frame waits for it, a live one without one is
+    dropped; ends early once `stop` is set."""
+    while not stop.is_set():
         seen = 0
         for image in source.frames():
             seen += 1
             if source.live:
                 if not pacer.due(time.monotonic()):
                     report.dropped += 1
+                    counted("dropped")
                     continue
-            else:
-                time.sleep(pacer.delay(time.monotonic()))
+            elif stop.wait(pacer.delay(time.monotonic())):
+                return
+            if stop.is_set():
+                return
             pacer.sent(time.monotonic())
             yield image
         if seen == 0 and not source.live:
             raise SourceError(f"no decodable frames in {source.name}")
-        if not loop:
-            return
-        if source.live:
-            time.sleep(1.0)  # a dropped stream: do not hammer the camera while reconnecting
+        if not loop or stop.wait(1.0 if source.live else 0.0):
+            return  # a dropped stream waits a second: do not hammer the camera while reconnecting

@@ -7,8 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +66,12 @@ class KafkaSettings(BaseModel):
     ssl_check_hostname: bool = True
     connect_timeout_ms: int = Field(10_000, ge=100, description="how long to wait for the first broker")
     request_timeout_ms: int = Field(30_000, ge=1000)
+    startup_wait_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="how long `anomon run` and `anomon ingest --cameras` wait at start for Kafka to "
+        "answer (null: until it does; 0: fail at once)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -307,3 +318,89 @@ def load_kafka_settings(path: str | Path | None, **overrides: Any) -> KafkaSetti
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise ConfigError(f"{source}: field '{field}': {first['msg']}") from None
+
+
+# --- waiting for Kafka at start -------------------------------------------------------------------
+
+WAIT_BACKOFF = (0.5, 5.0)  # first and longest pause between probes while Kafka does not answer, seconds
+_PROBE_TIMEOUT_S = 1.0
+
+
+@contextlib.contextmanager
+def quiet_kafka_logs() -> Iterator[None]:
+    """Silence kafka-python's own connection errors (several lines per attempt) for a while."""
+    logger = logging.getLogger("kafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def kafka_unanswered(settings: KafkaSettings) -> str | None:
+    """Why no broker of `settings` answers right now (None: one does), in a few words.
+
+    A TCP connection to each bootstrap address first (cheap, and it tells a refused port or an
+    unknown host apart), then one Kafka bootstrap with the real settings (TLS, SASL).
+    """
+    reasons = []
+    for address in settings.client_kwargs()["bootstrap_servers"]:
+        host, _, port = address.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=_PROBE_TIMEOUT_S):
+                break
+        except ValueError:
+            reasons.append(f"{address} is not host:port")
+        except OSError as err:
+            reasons.append(str(err.strerror or err.__class__.__name__).lower())
+    else:
+        return "; ".join(dict.fromkeys(reasons))  # the distinct reasons, in order
+    kwargs = settings.client_kwargs() | {"bootstrap_timeout_ms": int(_PROBE_TIMEOUT_S * 2000)}
+    try:
+        with quiet_kafka_logs():
+            KafkaAdminClient(**kwargs).close()
+    except KafkaError as err:
+        return f"the port is open but no Kafka answers: {err.__class__.__name__}"
+    return None
+
+
+def wait_for_kafka(
+    settings: KafkaSettings,
+    stop: threading.Event,
+    say: Callable[[str], None],
+    backoff: tuple[float, float] = WAIT_BACKOFF,
+) -> bool:
+    """Block until a broker answers (True) or `stop` is set (False), probing with growing pauses.
+
+    Says once what it waits for, and once that Kafka answers after a wait; kafka-python's own
+    connection errors are kept quiet meanwhile. Waits for `settings.startup_wait_seconds` at most.
+
+    Raises:
+        KafkaUnavailableError: no broker answered within `startup_wait_seconds`.
+    """
+    started = time.monotonic()
+    pause = backoff[0]
+    waited = False
+    while not stop.is_set():
+        reason = kafka_unanswered(settings)
+        if reason is None:
+            if waited:
+                say(f"Kafka at {settings.bootstrap_servers} answers after {time.monotonic() - started:.0f} s")
+            return True
+        limit = settings.startup_wait_seconds
+        if limit is not None and time.monotonic() - started >= limit:
+            raise KafkaUnavailableError(
+                f"cannot reach Kafka at {settings.bootstrap_servers} ({reason}): "
+                "check the address (--bootstrap) and that the broker is running"
+            )
+        if not waited:
+            say(
+                f"waiting for Kafka at {settings.bootstrap_servers} ({reason}); start it (`anomon broker` "
+                "runs one locally) or fix the address (--bootstrap, kafka.bootstrap_servers)"
+            )
+            waited = True
+        wait = pause if limit is None else min(pause, max(0.0, limit - (time.monotonic() - started)))
+        stop.wait(wait)
+        pause = min(backoff[1], pause * 2)
+    return False

@@ -1,15 +1,18 @@
-"""Prometheus metrics (prefix `anomon_`) and the HTTP endpoint: /metrics, /healthz, /readyz.
+"""Prometheus metrics (prefix `anomon_`) of the service and of ingest, and the HTTP endpoint: /metrics,
+/healthz, /readyz.
 
 Each service owns its registry, so several services (or tests) can run in one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,6 +34,7 @@ WEBHOOK_OUTCOMES = ("delivered", "failed", "rejected")
 # Webhook delivery times include the receiver's answer and any retries' backoff.
 WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 DROP_REASONS = ("stale",)
+RESTART_REASONS = ("ended", "failed")  # why ingest opened a camera's source again
 CAMERA_STATES = (
     "ok",
     "alert",
@@ -235,10 +239,73 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
+class IngestMetrics:
+    """The metrics of `anomon ingest --cameras` (prefix `anomon_ingest_`), one series per camera."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.frames = Counter(
+            "anomon_ingest_frames", "Frames published to the frames topic", ["camera"], registry=r
+        )
+        self.frames_dropped = Counter(
+            "anomon_ingest_frames_dropped",
+            "Frames of a live source dropped to keep the camera's fps",
+            ["camera"],
+            registry=r,
+        )
+        self.restarts = Counter(
+            "anomon_ingest_source_restarts",
+            "Sources opened again after they ended (a file at its end, a stream cut) or failed",
+            ["camera", "reason"],
+            registry=r,
+        )
+        self.source_up = Gauge(
+            "anomon_ingest_source_up",
+            "1 while the camera's source is open and publishing",
+            ["camera"],
+            registry=r,
+        )
+        self.last_frame = Gauge(
+            "anomon_ingest_last_frame_timestamp_seconds",
+            "Capture time of the camera's last published frame",
+            ["camera"],
+            registry=r,
+        )
+        self.cameras = Gauge("anomon_ingest_cameras", "Cameras in the cameras file", registry=r)
+
+    def track_camera(self, camera: str) -> None:
+        """Export a camera's series at zero, so rules see "none yet" rather than no data."""
+        self.frames.labels(camera)
+        self.frames_dropped.labels(camera)
+        for reason in RESTART_REASONS:
+            self.restarts.labels(camera, reason)
+        self.source_up.labels(camera).set(0)
+
+    def forget_camera(self, camera: str) -> None:
+        """Drop a camera's series (it left the cameras file)."""
+        for metric in (self.frames, self.frames_dropped, self.source_up, self.last_frame):
+            with contextlib.suppress(KeyError):
+                metric.remove(camera)
+        for reason in RESTART_REASONS:
+            with contextlib.suppress(KeyError):
+                self.restarts.remove(camera, reason)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class Renders(Protocol):
+    """Metrics that render as Prometheus text (ServiceMetrics, IngestMetrics)."""
+
+    def render(self) -> bytes: ...
+
+
 class HealthServer:
     """/metrics, /healthz (process alive) and /readyz (ready() is true) on one port, in a thread."""
 
-    def __init__(self, metrics: ServiceMetrics, ready: Callable[[], bool], host: str, port: int) -> None:
+    def __init__(self, metrics: Renders, ready: Callable[[], bool], host: str, port: int) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -266,7 +333,13 @@ class HealthServer:
                 pass
 
         self.ready = ready
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as err:  # a user error: the port is taken or the address is not this machine's
+            raise ValueError(
+                f"cannot serve metrics on {host}:{port} ({err.strerror or err}); pick another port "
+                "(--http-port, http.port) or address"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="anomon-http", daemon=True)
 

@@ -39,7 +39,14 @@ from model.runtime.base import Runtime
 from monitor.cameras import Cameras
 from monitor.config import ServiceConfig
 from monitor.intake import Intake
-from monitor.kafka_client import create_topics, make_consumer, make_producer
+from monitor.kafka_client import (
+    KafkaUnavailableError,
+    create_topics,
+    make_consumer,
+    make_producer,
+    quiet_kafka_logs,
+    wait_for_kafka,
+)
 from monitor.metrics import HealthServer, ServiceMetrics, ServiceStats
 from monitor.publishing import Publisher, offsets_after
 from monitor.routing import ModelRouter
@@ -332,8 +339,38 @@ class MonitorService:
             self.cfg.kafka.request_timeout_ms / 1e3,
             self.webhooks,
         )
-        self.webhooks.start()
-        self.connect_consumer()
+        try:
+            self.connect_consumer()
+        except KafkaUnavailableError:
+            self.publisher.close()  # a later connect() makes a new one
+            self.publisher = None
+            raise
+        self.webhooks.start()  # idempotent: a reconnect starts nothing twice
+
+    def connect_when_kafka_answers(self, say: Callable[[str], None]) -> bool:
+        """`connect()` once Kafka answers, however long that takes (start order does not matter).
+
+        Says once what it waits for; `/readyz` answers 503 meanwhile. Returns False when a stop was
+        requested first.
+
+        Raises:
+            KafkaUnavailableError: Kafka did not answer within `kafka.startup_wait_seconds`.
+        """
+        failed: set[str] = set()
+        limit, started = self.cfg.kafka.startup_wait_seconds, time.monotonic()
+        while wait_for_kafka(self.cfg.kafka, self.stop_requested, say):
+            try:
+                with quiet_kafka_logs():
+                    self.connect()
+                return True
+            except KafkaUnavailableError as err:  # e.g. a broker still starting refuses to create topics
+                if limit is not None and time.monotonic() - started >= limit:
+                    raise
+                if str(err) not in failed:
+                    say(f"{err}; trying again")
+                    failed.add(str(err))
+                self.stop_requested.wait(RETRY_BACKOFF[0])
+        return False
 
     def connect_consumer(self) -> None:
         """Create the group consumer, subscribed to the frames topic."""
@@ -520,7 +557,13 @@ def open_models(cfg: ServiceConfig, metrics: ServiceMetrics) -> ModelRouter:
     plan = plan_model(settings)
 
     def open_model(path: Path) -> LoadedModel:
-        runtime = open_runtime(path, settings.backend, device=settings.device, threads=plan.threads)
+        runtime = open_runtime(
+            path,
+            settings.backend,
+            device=settings.device,
+            threads=plan.threads,
+            engine_cache=settings.engine_cache,
+        )
         return LoadedModel.from_runtime(runtime)
 
     fixed = open_model(settings.artifact) if settings.artifact is not None else None
@@ -565,7 +608,11 @@ def serve(
         with contextlib.suppress(ValueError):
             previous[sig] = signal.signal(sig, lambda *_: service.stop_requested.set())
     try:
-        service.connect()
+        if not service.connect_when_kafka_answers(
+            lambda message: print(f"anomon run: {message}", file=sys.stderr)
+        ):
+            service.shutdown()  # stopped while waiting for Kafka
+            return service.stats
         if on_ready is not None:
             on_ready(service)
         return service.run(max_idle_seconds=max_idle_seconds)

@@ -69,7 +69,9 @@ def choose_backend(requested: str, have: Availability) -> tuple[str, str]:
     return "torch", "neither TensorRT nor ONNX Runtime is available"
 
 
-def _open_exported(name: str, export_dir: Path, device: str | None, threads: int | None) -> Runtime:
+def _open_exported(
+    name: str, export_dir: Path, device: str | None, threads: int | None, engine_cache: Path | None
+) -> Runtime:
     if name == "onnxruntime":
         from model.runtime.onnxruntime_backend import OrtRuntime
 
@@ -77,7 +79,7 @@ def _open_exported(name: str, export_dir: Path, device: str | None, threads: int
     from model.runtime.tensorrt_backend import TensorRTRuntime
 
     index = int(device.split(":")[1]) if device and ":" in device else 0
-    return TensorRTRuntime(export_dir, device=index)
+    return TensorRTRuntime(export_dir, cache_dir=engine_cache, device=index)
 
 
 def open_runtime(
@@ -85,6 +87,7 @@ def open_runtime(
     backend: str = "auto",
     device: str | None = None,
     threads: int | None = None,
+    engine_cache: str | Path | None = None,
 ) -> Runtime:
     """Open a model on a backend.
 
@@ -94,6 +97,8 @@ def open_runtime(
         backend: "auto", "torch", "onnxruntime" or "tensorrt".
         device: "cpu" or "cuda[:N]"; None lets the backend choose (GPU when present).
         threads: CPU threads for the torch and ONNX Runtime backends.
+        engine_cache: the TensorRT backend's engine folder (default: the export folder's `engines/`;
+            one folder holds the engines of any number of artifacts).
 
     Raises:
         BackendUnavailableError: the backend cannot run here; the message says what is missing.
@@ -103,6 +108,7 @@ def open_runtime(
         raise FileNotFoundError(f"model artifact not found: {path}")
     name, reason = choose_backend(backend, Availability.probe())
     log.info("backend %s (%s)", name, reason)
+    cache = Path(engine_cache) if engine_cache is not None else None
     if name == "torch":
         import torch
 
@@ -122,7 +128,7 @@ def open_runtime(
             threads=threads,
         )
     if path.is_dir():
-        return _open_exported(name, path, device, threads)
+        return _open_exported(name, path, device, threads, cache)
     # A checkpoint file: export it to a folder that lives only while the runtime is built (the
     # session or engine holds the graph in memory afterwards; nothing is left behind in /tmp).
     from model.export import export_artifact
@@ -130,4 +136,4 @@ def open_runtime(
     with tempfile.TemporaryDirectory(prefix="anomon-export-") as tmp:
         log.info("exporting %s to a temporary folder (fp32) for the %s backend", path, name)
         export_artifact(path, Path(tmp), "fp32")
-        return _open_exported(name, Path(tmp), device, threads)
+        return _open_exported(name, Path(tmp), device, threads, cache)

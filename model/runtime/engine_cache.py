@@ -7,11 +7,16 @@ header; anything else is refused (and rebuilt by the caller). This module needs 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"ANOMON-TRT-ENGINE/1\n"
 MAX_HEADER = 64 * 1024
@@ -103,4 +108,32 @@ def read_engine(path: str | Path, expected: EngineKey) -> bytes:
     plan = blob[end + 1 :]
     if hashlib.sha256(plan).hexdigest() != header.get("plan_sha256"):
         raise EngineCacheError(f"{path}: engine bytes do not match their recorded hash (altered or damaged)")
+    return plan
+
+
+def cached_or_built(cache: str | Path, key: EngineKey, build: Callable[[], bytes]) -> bytes:
+    """The plan cached for `key` in the folder `cache`, else a new one from `build()`, stored there.
+
+    A cached engine that fails its checks is removed and rebuilt, never run. A folder that cannot be
+    written (a read-only model mount) does not stop the start: the engine is then built again at
+    every start, which is logged with the fix.
+    """
+    path = Path(cache) / key.file_name()
+    if path.is_file():
+        try:
+            return read_engine(path, key)
+        except EngineCacheError as err:
+            log.warning("refusing cached engine, rebuilding: %s", err)
+            with contextlib.suppress(OSError):
+                path.unlink()
+    plan = build()
+    try:
+        write_engine(path, key, plan)
+    except OSError as err:
+        log.warning(
+            "cannot store the TensorRT engine in %s (%s); it is built again at every start: set "
+            "model.engine_cache to a folder the service can write",
+            cache,
+            err.strerror or err,
+        )
     return plan

@@ -8,15 +8,16 @@ with torch tensors as the device buffers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.export import ArtifactMeta, load_artifact_meta
+from model.export import load_artifact_meta
 from model.runtime.base import BackendUnavailableError, Runtime
-from model.runtime.engine_cache import EngineCacheError, EngineKey, ShapeProfile, read_engine, write_engine
+from model.runtime.engine_cache import EngineKey, ShapeProfile, cached_or_built
 from model.runtime.onnxruntime_backend import served_model
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ class TensorRTRuntime(Runtime):
 
     Args:
         artifact_dir: folder written by `anomon export` (its precision decides the engine's).
-        cache_dir: engine and timing cache folder (default: DIR/engines).
+        cache_dir: engine and timing cache folder (default: DIR/engines); one folder can hold the
+            engines of many artifacts (a file name binds each to its graph, GPU and TensorRT).
         profile_batches: (min, opt, max) batch of the optimization profile.
         version_compatible: build a version-compatible engine that the lean runtime can run.
         device: CUDA device index.
@@ -111,7 +113,12 @@ class TensorRTRuntime(Runtime):
             version_compatible=version_compatible,
         )
         cache = Path(cache_dir) if cache_dir else Path(artifact_dir) / "engines"
-        plan = self._cached_or_built(Path(artifact_dir), meta, key, cache, version_compatible)
+        onnx_path = Path(artifact_dir) / meta.onnx_file
+        plan = cached_or_built(
+            cache,
+            key,
+            lambda: self._build(onnx_path, meta.precision, cache / "timing.cache", version_compatible),
+        )
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         if version_compatible:
@@ -124,20 +131,6 @@ class TensorRTRuntime(Runtime):
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._input = meta.input_name
         self._outputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-
-    def _cached_or_built(
-        self, root: Path, meta: ArtifactMeta, key: EngineKey, cache: Path, version_compatible: bool
-    ) -> bytes:
-        path = cache / key.file_name()
-        if path.is_file():
-            try:
-                return read_engine(path, key)
-            except EngineCacheError as err:
-                log.warning("refusing cached engine, rebuilding: %s", err)
-                path.unlink()
-        plan = self._build(root / meta.onnx_file, meta.precision, cache / "timing.cache", version_compatible)
-        write_engine(path, key, plan)
-        return plan
 
     def _build(self, onnx_path: Path, precision: str, timing_path: Path, version_compatible: bool) -> bytes:
         trt = self._trt
@@ -165,8 +158,9 @@ class TensorRTRuntime(Runtime):
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise BackendUnavailableError(f"TensorRT failed to build an engine from {onnx_path}")
-        timing_path.parent.mkdir(parents=True, exist_ok=True)
-        timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+        with contextlib.suppress(OSError):  # an unwritable cache is reported once, for the engine
+            timing_path.parent.mkdir(parents=True, exist_ok=True)
+            timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
         return bytes(plan)
 
     def infer(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

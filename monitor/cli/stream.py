@@ -1,10 +1,15 @@
-"""`anomon ingest`, `replay`, `run`, `demo`: frames into Kafka, and the service that scores them.
+"""`anomon ingest`, `replay`, `run`, `demo`, `broker`: frames into Kafka, and the service that scores them.
 
 Each command imports what it runs inside its body, so that `anomon --help` loads no OpenCV or Kafka.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -37,6 +42,17 @@ Topic = Annotated[str, typer.Option(help="frames topic", rich_help_panel="Kafka"
 StartIndex = Annotated[int, typer.Option(help="frame index of the first frame")]
 
 
+@contextlib.contextmanager
+def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM set `stop` while inside, for commands that run until told to stop."""
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def frame_publisher(kafka_config: Path | None, bootstrap: str | None, topic: str) -> Any:
     from monitor.ingest import FramePublisher
     from monitor.kafka_client import load_kafka_settings, make_producer
@@ -45,12 +61,43 @@ def frame_publisher(kafka_config: Path | None, bootstrap: str | None, topic: str
     return FramePublisher(make_producer(settings), topic)
 
 
+CAMERAS_FILE = "Many cameras"
+
+
 @app.command(rich_help_panel=PANEL)
 def ingest(
     source: Annotated[
-        str, typer.Option(help="video file, image folder, rtsp:// or http:// URL, or device index")
-    ],
-    camera: Annotated[str, typer.Option(help="camera id, the record key: 1-128 chars of [A-Za-z0-9._-]")],
+        str | None,
+        typer.Option(
+            help="video file, image folder, rtsp:// or http:// URL, or device index", show_default=False
+        ),
+    ] = None,
+    camera: Annotated[
+        str | None,
+        typer.Option(help="camera id, the record key: 1-128 chars of [A-Za-z0-9._-]", show_default=False),
+    ] = None,
+    cameras: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="a cameras file: publish every camera in it from one process, each source reopened with "
+            "backoff when it fails or ends, the file read again when it changes (instead of --source and "
+            "--camera)",
+            rich_help_panel=CAMERAS_FILE,
+        ),
+    ] = None,
+    http_host: Annotated[
+        str, typer.Option(help="with --cameras: metrics and health address", rich_help_panel=CAMERAS_FILE)
+    ] = "127.0.0.1",
+    http_port: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="with --cameras: metrics and health port (0 = any free port)",
+            rich_help_panel=CAMERAS_FILE,
+        ),
+    ] = 9109,
     bootstrap: Bootstrap = None,
     kafka_config: KafkaConfig = None,
     topic: Topic = FRAMES_TOPIC,
@@ -71,7 +118,26 @@ def ingest(
     ] = False,
     max_frames: Annotated[int | None, typer.Option(help="stop after this many frames")] = None,
 ) -> int:
-    """Publish a camera's frames (file, folder, stream, device) to Kafka."""
+    """Publish a camera's frames (file, folder, stream, device) to Kafka, or every camera of a file."""
+    if cameras is not None:
+        one_camera = {
+            "--source": source is not None,
+            "--camera": camera is not None,
+            "--fps": fps is not None,
+            "--resize": resize is not None,
+            "--jpeg-quality": jpeg_quality != 90,
+            "--loop": loop,
+            "--max-frames": max_frames is not None,
+            "--start-index": start_index != 0,
+        }
+        given = [flag for flag, used in one_camera.items() if used]
+        if given:
+            raise typer.BadParameter(
+                f"{given[0]} is for one camera; with --cameras set each camera's fields in the file"
+            )
+        return _ingest_cameras(cameras, kafka_config, bootstrap, topic, http_host, http_port)
+    if source is None or camera is None:
+        raise typer.BadParameter("give --source and --camera (one camera), or --cameras FILE (many)")
     from monitor.ingest import ingest as ingest_frames
     from monitor.ingest import open_source, parse_size
 
@@ -99,6 +165,53 @@ def ingest(
         + (" (interrupted)" if report.interrupted else "")
     )
     return 130 if report.interrupted else 0
+
+
+def _ingest_cameras(
+    path: Path, kafka_config: Path | None, bootstrap: str | None, topic: str, http_host: str, http_port: int
+) -> int:
+    """`anomon ingest --cameras FILE`: every camera of the file, supervised, until SIGINT or SIGTERM."""
+    import logging
+
+    from tqdm import tqdm
+
+    from monitor.cameras_file import load_cameras_file
+    from monitor.kafka_client import load_kafka_settings, make_producer, wait_for_kafka
+    from monitor.metrics import HealthServer, IngestMetrics
+    from monitor.supervisor import IngestSupervisor
+
+    def say(message: str) -> None:
+        tqdm.write(f"anomon ingest: {message}", file=sys.stderr)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # a lost broker fails the feeds, which say so
+    cameras = load_cameras_file(path)  # a bad file fails now, before anything connects
+    settings = load_kafka_settings(kafka_config, bootstrap_servers=bootstrap)
+    metrics = IngestMetrics()
+    stop = threading.Event()
+    producer: Any = None
+    http = HealthServer(metrics, lambda: producer is not None and not stop.is_set(), http_host, http_port)
+    http.start()
+    host, port = http.address
+    say(f"{len(cameras.sources)} cameras from {path} to {topic}; metrics on http://{host}:{port}/metrics")
+    try:
+        with stopped_by_signals(stop):
+            if not wait_for_kafka(settings, stop, say):
+                return 0
+            producer = make_producer(settings)
+            try:
+                supervisor = IngestSupervisor(path, producer, topic, metrics, say)
+                summary = supervisor.run(stop)
+            finally:
+                producer.close(timeout=10)
+    finally:
+        http.stop()
+    print(
+        f"anomon ingest: stopped; sent {summary.frames} frames of {summary.cameras} cameras to {topic}, "
+        f"{summary.restarts} source restarts"
+        + (f", {summary.dropped} live frames dropped to keep the rate" if summary.dropped else "")
+    )
+    return 0
 
 
 @app.command(rich_help_panel=PANEL)
@@ -170,6 +283,14 @@ def run(
     config: Annotated[
         Path | None,
         typer.Option(help="service YAML (kafka, consumer, topics, model, batching, intake, cameras, http)"),
+    ] = None,
+    cameras: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="a cameras file (as for anomon ingest --cameras): its per-camera settings over --config's "
+            "cameras section",
+        ),
     ] = None,
     artifact: Annotated[
         Path | None,
@@ -247,7 +368,7 @@ def run(
         "http.host": http_host,
         "http.port": http_port,
     }
-    cfg = load_service_config(config, {k: v for k, v in flags.items() if v is not None})
+    cfg = load_service_config(config, {k: v for k, v in flags.items() if v is not None}, cameras_file=cameras)
     from monitor.service import serve
 
     stats = serve(cfg, max_idle_seconds=exit_when_idle)
@@ -287,3 +408,31 @@ def demo(
         stay_seconds=stay,
     )
     return 0 if result.scores == result.frames_sent else 1
+
+
+@app.command(rich_help_panel=PANEL)
+def broker(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port on 127.0.0.1 to listen on")] = 9092,
+    log: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="the broker's log (default: a temporary file)")
+    ] = None,
+) -> int:
+    """A local Kafka-protocol broker (Tansu, records in memory only) for trying anomon; Ctrl-C stops it."""
+    from monitor.broker import BrokerError, EmbeddedBroker
+
+    stop = threading.Event()
+    with stopped_by_signals(stop):
+        embedded = EmbeddedBroker(port=port, log_path=log).start()
+        try:
+            print(
+                f"anomon broker: Kafka on {embedded.bootstrap} (Tansu; records in memory only, lost when it "
+                f"stops; log {embedded.log_path}); Ctrl-C stops it",
+                file=sys.stderr,
+            )
+            while not stop.wait(0.5):
+                if not embedded.running:
+                    raise BrokerError(f"the broker on {embedded.bootstrap} exited; see {embedded.log_path}")
+        finally:
+            embedded.stop()
+    print("anomon broker: stopped", file=sys.stderr)
+    return 0

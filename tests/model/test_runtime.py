@@ -1,5 +1,7 @@
 """The runtime interface: backend choice, parity between backends, input checks, TensorRT pieces."""
 
+import dataclasses
+import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,7 @@ from model.runtime.engine_cache import (
     EngineCacheError,
     EngineKey,
     ShapeProfile,
+    cached_or_built,
     read_engine,
     write_engine,
 )
@@ -187,6 +190,35 @@ def test_altered_or_foreign_engine_bytes_are_refused(tmp_path: Path) -> None:
         read_engine(path, KEY)
 
 
+def test_the_engine_cache_builds_once_rebuilds_what_fails_its_checks_and_survives_a_read_only_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    builds: list[bytes] = []
+
+    def build(plan: bytes) -> bytes:
+        builds.append(plan)
+        return plan
+
+    cache = tmp_path / "engines"  # e.g. model.engine_cache: one folder for the engines of many artifacts
+    assert cached_or_built(cache, KEY, lambda: build(b"plan-1")) == b"plan-1"
+    assert cached_or_built(cache, KEY, lambda: build(b"plan-2")) == b"plan-1" and builds == [b"plan-1"]
+    other = dataclasses.replace(KEY, onnx_sha256="cd" * 32)  # another artifact's graph, same folder
+    assert cached_or_built(cache, other, lambda: build(b"plan-3")) == b"plan-3"
+    assert len(list(cache.glob("*.engine"))) == 2
+
+    (cache / KEY.file_name()).write_bytes(b"tampered")
+    assert cached_or_built(cache, KEY, lambda: build(b"plan-4")) == b"plan-4"
+    assert read_engine(cache / KEY.file_name(), KEY) == b"plan-4"
+
+    # A folder that cannot be written (a file stands where it should be, as a read-only mount refuses
+    # writes even to root): the engine still serves, built again at the next start, and the log says so.
+    blocked = tmp_path / "read-only-models"
+    blocked.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        assert cached_or_built(blocked / "engines", KEY, lambda: build(b"plan-5")) == b"plan-5"
+    assert "it is built again at every start: set model.engine_cache" in caplog.text
+
+
 def test_shape_profile_orders_and_admits_batches() -> None:
     profile = ShapeProfile("frames", (2, 160, 240), 1, 8, 32)
     assert profile.shapes() == ((1, 2, 160, 240), (8, 2, 160, 240), (32, 2, 160, 240))
@@ -217,6 +249,13 @@ def test_tensorrt_engine_matches_onnxruntime_and_is_cached(artifact: Path, tmp_p
     np.testing.assert_allclose(s1, s2, atol=1e-2)
     np.testing.assert_allclose(m1, m2, atol=1e-2)
     assert list((artifact / "engines").glob("*.engine"))
+    # model.engine_cache: the engine goes to the folder named, and the artifact is not written.
+    before = sorted(p.name for p in artifact.rglob("*"))
+    s3, _ = open_runtime(artifact, "tensorrt", engine_cache=tmp_path / "cache").infer(frames)
+    np.testing.assert_allclose(s3, s1, atol=1e-3)
+    assert (
+        list((tmp_path / "cache").glob("*.engine")) and sorted(p.name for p in artifact.rglob("*")) == before
+    )
 
 
 def test_latency_stats_and_concurrent_calls_count_every_frame(artifact: Path) -> None:

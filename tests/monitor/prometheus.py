@@ -30,17 +30,21 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 class PrometheusServer:
-    """A throwaway Prometheus on loopback, scraping one target every second with deploy/'s rules;
-    with `alertmanager` (host:port), it sends firing alerts there as deploy/'s `alerting:` says."""
+    """A throwaway Prometheus on loopback with deploy/'s rules, scraping every second deploy/'s jobs
+    named in `targets` (job -> host:port; a plain host:port is the `anomon` job); with `alertmanager`
+    (host:port), it sends firing alerts there as deploy/'s `alerting:` says."""
 
-    def __init__(self, workdir: Path, target: str, alertmanager: str | None = None) -> None:
+    def __init__(self, workdir: Path, targets: str | dict[str, str], alertmanager: str | None = None) -> None:
         deployed = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-        job = next(j for j in deployed["scrape_configs"] if j["job_name"] == "anomon")
-        job["static_configs"] = [{"targets": [target]}]
+        targets = {"anomon": targets} if isinstance(targets, str) else targets
+        jobs = [j for j in deployed["scrape_configs"] if j["job_name"] in targets]
+        assert {j["job_name"] for j in jobs} == set(targets), f"deploy/ has no job for some of {targets}"
+        for job in jobs:
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(DEPLOY / "prometheus" / r) for r in deployed["rule_files"]],
-            "scrape_configs": [job],
+            "scrape_configs": jobs,
         }
         if alertmanager is not None:
             (sender,) = deployed["alerting"]["alertmanagers"]

@@ -1,14 +1,19 @@
-"""The embedded broker and the Kafka client factories, against a real broker."""
+"""The embedded broker, `anomon broker`, and the Kafka client factories, against a real broker."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 
-from monitor.broker import BrokerError, EmbeddedBroker
+from monitor.broker import BrokerError, EmbeddedBroker, free_port, port_in_use
+from monitor.cli import main
 from monitor.kafka_client import (
     ConsumerSettings,
     KafkaSettings,
@@ -16,6 +21,7 @@ from monitor.kafka_client import (
     create_topics,
     make_consumer,
     make_producer,
+    wait_for_kafka,
 )
 from tests.monitor.conftest import TopicFactory
 
@@ -111,3 +117,66 @@ def test_unreachable_kafka_is_one_line_naming_the_address() -> None:
     with pytest.raises(KafkaUnavailableError, match="cannot reach Kafka"):
         create_topics(settings, {"t": 1})
     assert time.monotonic() - started < 10
+
+
+def test_anomon_broker_serves_clients_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "broker.log"
+    command = [sys.executable, "-m", "monitor.cli", "broker", "--port", str(port), "--log", str(log)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # said once the broker answers
+        assert f"anomon broker: Kafka on 127.0.0.1:{port}" in first and "Ctrl-C stops it" in first, first
+        settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}")
+        create_topics(settings, {"local": 1})
+        producer = make_producer(settings)
+        for i in range(3):
+            producer.send("local", key=b"cam", value=f"v{i}".encode())
+        producer.flush()
+        producer.close()
+        consumer = make_consumer(settings, ["local"], ConsumerSettings(group_id="local-readers"))
+        try:
+            assert _poll_until(consumer, 3) == [(b"cam", b"v0"), (b"cam", b"v1"), (b"cam", b"v2")]
+        finally:
+            consumer.close()
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0 and "anomon broker: stopped" in rest and "Traceback" not in rest
+    assert not port_in_use(port), "the broker process outlived the command"
+    assert "listening" in log.read_text()
+
+
+def test_anomon_broker_on_a_port_in_use_is_one_line(
+    kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = kafka_bootstrap.rsplit(":", 1)[1]
+    assert main(["broker", "--port", port]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"anomon broker: error: port {port} on 127.0.0.1 is in use (another broker?); stop it or pick "
+        "another port (--port)"
+    )
+
+
+def test_waiting_for_kafka_says_once_what_it_waits_for_and_honours_its_limit() -> None:
+    said: list[str] = []
+    port = free_port()
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", startup_wait_seconds=1.0)
+    started = time.monotonic()
+    with pytest.raises(
+        KafkaUnavailableError, match=rf"cannot reach Kafka at 127\.0\.0\.1:{port} \(connection refused\)"
+    ):
+        wait_for_kafka(settings, threading.Event(), said.append, backoff=(0.1, 0.2))
+    assert 1.0 <= time.monotonic() - started < 5
+    assert said == [
+        f"waiting for Kafka at 127.0.0.1:{port} (connection refused); start it (`anomon broker` runs one "
+        "locally) or fix the address (--bootstrap, kafka.bootstrap_servers)"
+    ]
+    stopped = threading.Event()
+    stopped.set()
+    assert wait_for_kafka(KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}"), stopped, said.append) is False

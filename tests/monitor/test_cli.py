@@ -120,6 +120,7 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
         ("run", "--exit-when-idle"),
         ("demo", "[default: 120]"),
         ("console", "[default: 8080]"),
+        ("broker", "[default: 9092]"),
     ],
 )
 def test_every_command_has_help_with_defaults(command: str, shown: str) -> None:
@@ -132,7 +133,8 @@ def test_help_lists_every_command_and_loads_no_torch() -> None:
     # The heavy libraries load inside the commands that need them, so --help answers at once.
     probe = (
         "import sys\nfrom monitor.cli import main\n"
-        "for argv in (['--help'], ['eval', '--help'], ['run', '--help'], ['console', '--help']):\n"
+        "for argv in (['--help'], ['eval', '--help'], ['run', '--help'], ['ingest', '--help'],\n"
+        "             ['broker', '--help'], ['console', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit as done:\n        assert done.code == 0\n"
         "print(sorted(m for m in ('torch', 'cv2', 'kafka', 'onnxruntime', 'fastapi') if m in sys.modules))"
     )
@@ -152,6 +154,7 @@ def test_help_lists_every_command_and_loads_no_torch() -> None:
         "run",
         "demo",
         "console",
+        "broker",
     ):
         assert f" {command} " in listing
 

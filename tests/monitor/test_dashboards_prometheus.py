@@ -1,5 +1,6 @@
-"""A real Prometheus scrapes the service during a replay through the real broker; every dashboard
-panel's query and every alert rule is then evaluated through Prometheus's HTTP API."""
+"""A real Prometheus scrapes the service during a replay through the real broker, and a supervised
+ingest of two cameras; every dashboard panel's query and every alert rule is then evaluated through
+Prometheus's HTTP API."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from monitor.broker import free_port
 from monitor.config import load_service_config
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, make_producer
+from monitor.metrics import HealthServer, IngestMetrics
 from monitor.replay import find_clips, replay
 from monitor.service import MonitorService, ServiceStats, serve
+from monitor.supervisor import IngestSupervisor
 from tests.monitor.conftest import TopicFactory
 from tests.monitor.prometheus import PROMETHEUS, PrometheusServer, http_get
 
@@ -98,8 +101,32 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
 
     publisher = FramePublisher(make_producer(kafka_settings), frames)
     clips = find_clips(ped2_like / "test") * 2  # 96 frames per camera: ~10 s of traffic at 10 fps
+
+    # `anomon ingest --cameras` for the ingest panels: one camera streaming, one whose path is missing
+    # (restarted, down). Its frames go to a topic of their own, so the service's counts stay exact.
+    cameras = tmp_path / "cameras.yaml"
+    cameras.write_text(
+        yaml.safe_dump(
+            {
+                "defaults": {"fps": 10},
+                "cameras": {
+                    CAMERAS[0]: {"source": str(ped2_like / "test" / "01")},
+                    CAMERAS[1]: {"source": "nope.mp4"},
+                },
+            }
+        )
+    )
+    ingest_metrics = IngestMetrics()
+    ingest_http = HealthServer(ingest_metrics, lambda: True, "127.0.0.1", 0).start()
+    supervisor = IngestSupervisor(
+        cameras, publisher.producer, new_topic(), ingest_metrics, lambda _: None, backoff=(0.2, 1.0)
+    )
+    ingest_stop = threading.Event()
+    ingest_thread = threading.Thread(target=supervisor.run, args=(ingest_stop, False), daemon=True)
+    ingest_thread.start()
+    targets = {"anomon": f"127.0.0.1:{http_port}", "anomon-ingest": ":".join(map(str, ingest_http.address))}
     try:
-        with PrometheusServer(tmp_path, f"127.0.0.1:{http_port}") as prometheus:
+        with PrometheusServer(tmp_path, targets) as prometheus:
             report = replay(
                 clips, publisher, fps=10, cameras=len(CAMERAS), camera_prefix="obs", progress=False
             )
@@ -116,6 +143,8 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
                 lambda: (
                     prometheus.value("sum(anomon_frames_processed_total)") >= sent
                     and prometheus.value("sum(anomon_dead_letters_total)") >= 1
+                    and prometheus.value("sum(anomon_ingest_frames_total)") >= 1
+                    and prometheus.value("sum(anomon_ingest_source_restarts_total)") >= 1
                 ),
                 60,
                 f"Prometheus to scrape {sent} scored frames and a dead letter",
@@ -133,6 +162,15 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
                 if not any(math.isfinite(v) for v in values):
                     empty.append(f"{title}: {expr} -> {values}")
             assert not empty, "panels without data:\n" + "\n".join(empty)
+            for annotation in dashboard["annotations"]["list"]:  # valid queries (a swap may not happen here)
+                prometheus.query(annotation["expr"].replace("$camera", VARIABLES["$camera"]))
+            assert (
+                prometheus.value(
+                    f'anomon_ingest_source_restarts_total{{camera="{CAMERAS[1]}",reason="failed"}}'
+                )
+                >= 1
+            )
+            assert prometheus.value(f'anomon_ingest_source_up{{camera="{CAMERAS[1]}"}}') == 0
 
             assert prometheus.value(f'anomon_alerts_total{{camera="{CAMERAS[0]}"}}') >= 1
             assert prometheus.value('anomon_dead_letters_total{reason="bad-content-type"}') == 1
@@ -151,6 +189,9 @@ def test_every_dashboard_panel_finds_data_in_prometheus(
             firing = {r["name"] for r in rules if r["state"] != "inactive"}
             assert "AnomonServiceDown" not in firing
     finally:
+        ingest_stop.set()
+        ingest_thread.join(20)
+        ingest_http.stop()
         service = holder.get("service")
         if service is not None:
             service.stop_requested.set()

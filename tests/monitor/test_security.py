@@ -194,6 +194,7 @@ def test_the_sasl_password_never_reaches_logs_errors_or_metrics(
                     "sasl_plain_username": "anomon",
                     "sasl_plain_password_file": str(secret_file),
                     "connect_timeout_ms": 1000,
+                    "startup_wait_seconds": 0,  # fail at once instead of waiting for Kafka
                 },
                 "model": {"artifact": str(tiny_checkpoint), "backend": "torch", "device": "cpu"},
                 "http": {"port": 0},

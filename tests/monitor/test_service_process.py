@@ -1,4 +1,4 @@
-"""`anomon run` as a process: bad configuration, SIGKILL and restart, SIGTERM drain."""
+"""`anomon run` as a process: bad configuration, SIGKILL and restart, SIGTERM drain, start before Kafka."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
+from monitor.broker import EmbeddedBroker, free_port
 from monitor.config import load_service_config
 from monitor.frames import parse_record
-from monitor.ingest import FramePublisher
-from monitor.kafka_client import KafkaSettings, make_producer
+from monitor.ingest import FramePublisher, ingest, open_source
+from monitor.kafka_client import KafkaSettings, create_topics, make_producer
 from monitor.replay import ReplayReport, find_clips, replay
 from monitor.service import plan_model
 from monitor.wire import AlertMessage, decode
@@ -76,21 +77,31 @@ class AnomonRun:
         for line in self.process.stderr:
             self.stderr.append(line)
 
+    def readyz_url(self) -> str | None:
+        """The /readyz URL, once the service has said where its metrics are."""
+        urls = [line.split("metrics on ", 1)[1].strip() for line in self.stderr if "metrics on http" in line]
+        return urls[0].replace("/metrics", "/readyz") if urls else None
+
+    def readyz(self) -> int | None:
+        """The /readyz status code (None: no endpoint yet)."""
+        url = self.readyz_url()
+        if url is None:
+            return None
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+        except urllib.error.URLError:
+            return None
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until /readyz answers 200 (model loaded, partitions assigned)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.process.poll() is None, "".join(self.stderr)
-            urls = [
-                line.split("metrics on ", 1)[1].strip() for line in self.stderr if "metrics on http" in line
-            ]
-            if urls:
-                try:
-                    with urllib.request.urlopen(urls[0].replace("/metrics", "/readyz"), timeout=2) as answer:
-                        if answer.status == 200:
-                            return
-                except urllib.error.URLError:
-                    pass
+            if self.readyz() == 200:
+                return
             time.sleep(0.1)
         raise AssertionError(f"anomon run not ready within {timeout_s} s: {''.join(self.stderr)[-2000:]}")
 
@@ -266,3 +277,59 @@ def test_sigterm_drains_publishes_commits_and_ends_the_open_alert(
         (s.camera_id, s.frame_index) for s in decode_scores(read_records(topics.scores, 10_000, timeout_s=2))
     ]
     assert sorted(scored) == sorted((f.camera_id, f.frame_index) for f in frames.values())
+
+
+def test_run_started_before_kafka_waits_quietly_and_becomes_ready_when_kafka_appears(
+    tiny_artifact: Path, ped2_like: Path, tmp_path: Path, processes: list[AnomonRun]
+) -> None:
+    port = free_port()  # nothing listens here yet
+    topics = ServiceTopics(*(f"late.{name}" for name in ("frames", "scores", "alerts", "dlq", "thumbnails")))
+    config = _config(tmp_path / "run.yaml", f"127.0.0.1:{port}", topics, tiny_artifact, "late")
+    run = AnomonRun(config)
+    processes.append(run)
+    deadline = time.monotonic() + 60
+    while not any("waiting for Kafka at" in line for line in run.stderr):
+        assert time.monotonic() < deadline and run.process.poll() is None, "".join(run.stderr)
+        time.sleep(0.1)
+    assert run.readyz() == 503
+    time.sleep(3)  # several probes fail meanwhile; none of them may add a line
+    assert run.readyz() == 503 and run.process.poll() is None
+
+    with EmbeddedBroker(port=port) as broker:
+        settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        create_topics(settings, {topics.frames: 1})
+        run.wait_ready(60)
+        producer = make_producer(settings)
+        try:
+            clip = open_source(str(ped2_like / "test" / "01"))
+            sent = ingest(
+                clip,
+                FramePublisher(producer, topics.frames),
+                "late-cam",
+                fps=100,
+                max_frames=8,
+                progress=False,
+            )
+        finally:
+            producer.close()
+        assert sent.frames == 8
+        reader = KafkaConsumer(bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest")
+        try:
+            reader.assign([TopicPartition(topics.scores, 0)])
+            records: list[Any] = []
+            deadline = time.monotonic() + 30
+            while len(records) < 8 and time.monotonic() < deadline:
+                for batch in reader.poll(timeout_ms=200).values():
+                    records.extend(batch)
+        finally:
+            reader.close()
+        assert sorted(s.frame_index for s in decode_scores(records)) == list(range(8))
+        run.process.send_signal(signal.SIGTERM)
+        code, stdout = run.wait(30)
+    assert code == 0 and "stopped after 8 frames scored" in stdout
+    said = "".join(run.stderr)
+    assert said.count("waiting for Kafka at 127.0.0.1:") == 1, said
+    assert f"waiting for Kafka at 127.0.0.1:{port} (connection refused); start it (`anomon broker`" in said
+    assert "answers after" in said
+    # kafka-python's own connection errors (several lines per attempt) are kept quiet while it waits.
+    assert "kafka.net" not in said and "ECONNREFUSED" not in said, said
