@@ -119,6 +119,7 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
         ("replay", "[default: 10.0]"),
         ("run", "--exit-when-idle"),
         ("demo", "[default: 120]"),
+        ("learn", "[default: earliest]"),
     ],
 )
 def test_every_command_has_help_with_defaults(command: str, shown: str) -> None:
@@ -131,7 +132,7 @@ def test_help_lists_every_command_and_loads_no_torch() -> None:
     # The heavy libraries load inside the commands that need them, so --help answers at once.
     probe = (
         "import sys\nfrom monitor.cli import main\n"
-        "for argv in (['--help'], ['eval', '--help'], ['run', '--help']):\n"
+        "for argv in (['--help'], ['eval', '--help'], ['run', '--help'], ['learn', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit as done:\n        assert done.code == 0\n"
         "print(sorted(m for m in ('torch', 'cv2', 'kafka', 'onnxruntime') if m in sys.modules))"
     )
@@ -150,6 +151,8 @@ def test_help_lists_every_command_and_loads_no_torch() -> None:
         "replay",
         "run",
         "demo",
+        "store",
+        "learn",
     ):
         assert f" {command} " in listing
 
