@@ -32,13 +32,14 @@ from uuid import UUID
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from model.calibration import MIN_FRAMES as MIN_CALIBRATION_FRAMES
 from model.config import ExperimentConfig, InputSpec
 from model.data import Clip, resize_frame
 from monitor.frames import MAX_PIXELS, FrameError, decode_frame, parse_record
-from monitor.kafka_client import ConsumerSettings, KafkaSettings, make_consumer
+from monitor.kafka_client import ConsumerSettings, KafkaSettings, KafkaUnavailableError, make_consumer
 from monitor.store import ModelStore, StoreEntry
 from monitor.wire import FeedbackMessage, Topics, WireError, decode, format_ts, is_camera_id
 
@@ -380,12 +381,13 @@ class Footage:
     real: int = 0  # frames inside alerts marked real: left out
     other_cameras: set[str] = field(default_factory=set)
     _current: Run | None = field(default=None, repr=False)
+    _in_runs: int = field(default=0, repr=False)  # frames in `runs`
 
     @property
     def frames(self) -> int:
         """Frames kept: those in runs of two or more (a lone frame has no motion to learn from)."""
         current = len(self._current.frames) if self._current is not None else 0
-        return sum(len(r.frames) for r in self.runs) + (current if current >= 2 else 0)
+        return self._in_runs + (current if current >= 2 else 0)
 
     def add(self, frame: np.ndarray, capture_ns: int, starts_run: bool) -> None:
         if starts_run or self._current is None:
@@ -398,6 +400,7 @@ class Footage:
         if self._current is not None:
             if len(self._current.frames) >= 2:
                 self.runs.append(self._current)
+                self._in_runs += len(self._current.frames)
             else:
                 self.isolated += len(self._current.frames)
         self._current = None
@@ -522,6 +525,10 @@ def too_little(footage: Footage, target: int, topic: str, since: str) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
@@ -549,8 +556,8 @@ class LearnReport:
         f, fb = self.footage, self.feedback
         lines = [
             f"read {f.records} frames of camera {f.camera}: kept {f.frames} at {f.fps:g} fps "
-            f"({_duration(f.seconds)}) in {len(f.runs)} runs; skipped {f.skipped} between kept frames, "
-            f"{f.isolated} isolated, {f.unreadable} unreadable",
+            f"({_duration(f.seconds)}) in {_count(len(f.runs), 'run')}; skipped {f.skipped} between kept "
+            f"frames, {f.isolated} isolated, {f.unreadable} unreadable",
             f"feedback: alerts marked real: {fb.count('real')}, their {f.real} frames left out; "
             f"false alarms: {fb.count('false_alarm')}, their {self.false_alarm_frames} frames kept as "
             "normal footage"
@@ -656,6 +663,11 @@ def learn(
         footage = collect_footage(
             consumer, topics.frames, camera, cfg.input, target, feedback, since_ms, follow, progress
         )
+    except KafkaError as err:
+        raise KafkaUnavailableError(
+            f"reading from Kafka at {settings.bootstrap_servers} failed ({err.__class__.__name__}: {err}): "
+            "check the address (--bootstrap) and that the broker is running"
+        ) from err
     finally:
         consumer.close()
     if footage.frames < target:

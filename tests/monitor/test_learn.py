@@ -341,6 +341,26 @@ def test_two_cameras_learn_their_own_scenes_and_every_score_carries_its_cameras_
     scenes = {"street": [_jpeg(i) for i in street], "mirror": [_jpeg(i) for i in mirrored]}
     start_ns = time.time_ns() - 120 * 10**9
     _publish(kafka_settings, topics.frames, {c: f[:70] for c, f in scenes.items()}, start_ns)
+
+    def at(frame: int) -> int:
+        return (start_ns + frame * INTERVAL) // MS
+
+    # An operator judged two of the street camera's alerts: frames 20-24 real, 40-44 a false alarm.
+    verdicts = [("real", 20, 24), ("false_alarm", 40, 44)]
+    _send_feedback(
+        kafka_settings,
+        feedback_topic,
+        [("street", encode(_feedback("street", v, at(a), at(b), at(b + 10)))) for v, a, b in verdicts],
+    )
+    expected = {
+        # One frame past the 60th tells that the 60th is the closest to its interval.
+        "mirror": ("read 61 frames of camera mirror: kept 60 at 10 fps (6 s) in 1 run;", "real: 0,"),
+        "street": (
+            "read 66 frames of camera street: kept 60 at 10 fps (6 s) in 2 runs;",
+            "feedback: alerts marked real: 1, their 5 frames left out; false alarms: 1, their 5 frames kept "
+            "as normal footage",
+        ),
+    }
     store = tmp_path / "store"
     cfg = service_config(
         kafka_bootstrap, topics, None, **{"model.store": str(store), "model.store_poll_seconds": 0.2}
@@ -355,8 +375,7 @@ def test_two_cameras_learn_their_own_scenes_and_every_score_carries_its_cameras_
             args = _learn_args(kafka_bootstrap, topics.frames, feedback_topic, camera, store, config)
             assert main([*args, "--frames", "60", "--backend", "onnxruntime"]) == 0
             summary = capsys.readouterr().out
-            # One frame past the 60th tells that the 60th is the closest to its interval.
-            assert f"read 61 frames of camera {camera}: kept 60 at 10 fps (6 s) in 1 runs" in summary
+            assert all(line in summary for line in expected[camera]), summary
             assert "trained on 45 frames, calibrated on the last 15" in summary
             assert f"added camera {camera} version 1: anomem {camera}-" in summary
             assert "(fp32 export for onnxruntime" in summary
