@@ -253,6 +253,7 @@ def topic_records(
         raise ValueError(f"topic {topic} not found: check --topic and --bootstrap")
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
+    consumer.resume(*tps)  # a partition assigned again stays paused from the last read
     consumer.seek_to_beginning(*tps)
     if since_ms is not None:
         for tp, found in consumer.offsets_for_times({tp: since_ms for tp in tps}).items():
@@ -374,7 +375,6 @@ class Footage:
     fps: float
     runs: list[Run] = field(default_factory=list)
     records: int = 0  # the camera's frame records read
-    before_since: int = 0  # captured before --since (a broker that cannot seek by time)
     skipped: int = 0  # between kept frames (a faster camera), repeated or reordered
     unreadable: int = 0  # records that are not valid frames, or whose image does not decode
     isolated: int = 0  # frames alone in their run: no neighbour one interval away
@@ -412,7 +412,7 @@ class Footage:
     def split(self, fraction: float) -> tuple[list[Clip], list[Clip]]:
         """Clips to train on, and the held-out tail (the last `fraction` of the frames) to calibrate on.
 
-        A run the cut falls in is split there.
+        A run the cut falls in is split there. Call it once every run has ended (`end_run`).
         """
         held = holdout_frames(self.frames, fraction)
         fit: list[Clip] = []
@@ -484,8 +484,7 @@ def collect_footage(
                 footage.unreadable += 1
                 continue
             if since_ns is not None and record.capture_ts_ns < since_ns:
-                footage.before_since += 1
-                continue
+                continue  # a broker that cannot seek by time (Tansu) starts at the earliest record
             if feedback.is_real(record.capture_ts_ns):
                 footage.real += 1  # the sampler sees the gap and starts a new run after it
                 continue

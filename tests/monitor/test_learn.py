@@ -254,6 +254,12 @@ def test_frames_of_real_alerts_are_left_out_false_alarms_kept_and_bad_frames_ski
     assert footage.false_alarm_frames(feedback) == 5 + 3
     assert footage.other_cameras == {"yard"}
     assert footage.runs[0].frames[0].shape == (1, spec.height, spec.width)
+    # From a given time on: frames captured before it are not footage.
+    later = collect_footage(consumer, frames_topic, "gate", spec, 1000, feedback, at(30), progress=False)
+    assert [[(ns // MS - t0_ms) // 100 for ns in run.capture_ns] for run in later.runs] == [
+        list(range(30, 45)),
+        list(range(46, 60)),
+    ]
 
 
 def _learn_config(tmp_path: Path, **train: Any) -> Path:
