@@ -7,6 +7,9 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+MIN_FRAMES = 10
+"""Normal frames a calibration needs at least."""
+
 
 class Calibration(BaseModel):
     """Maps raw scores to [0, 1] with the threshold at 0.5 and the median normal frame at 0.25."""
@@ -29,8 +32,8 @@ def calibrate(normal_scores: np.ndarray, false_alarm_rate: float) -> Calibration
     """Threshold at the (1 - false_alarm_rate) quantile of raw scores of held-out normal frames."""
     scores = np.asarray(normal_scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)]
-    if len(scores) < 10:
-        raise ValueError(f"calibration needs at least 10 normal frames, got {len(scores)}")
+    if len(scores) < MIN_FRAMES:
+        raise ValueError(f"calibration needs at least {MIN_FRAMES} normal frames, got {len(scores)}")
     threshold = float(np.quantile(scores, 1.0 - false_alarm_rate))
     median = float(np.median(scores))
     spread = threshold - median

@@ -71,6 +71,14 @@ class InputSpec(_Strict):
     width: int = Field(240, ge=32, le=2048)
     color: bool = False
     motion: bool = True
+    fps: float = Field(
+        10.0,
+        gt=0,
+        le=240,
+        description="frame rate of the footage the model learns: its motion cues read speed per interval "
+        "of this rate. anomon learn keeps a stream's frames at it; anomon train takes footage as recorded, "
+        "so record at it (UCSD Ped2: 10)",
+    )
 
     @property
     def frame_channels(self) -> int:

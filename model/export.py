@@ -211,6 +211,7 @@ def export_artifact(
     calibration_data: str | Path | None = None,
     calibration_frames: int = 256,
     int8_target: Int8Target = "cpu",
+    calibration_inputs: np.ndarray | None = None,
 ) -> ArtifactMeta:
     """Write DIR/model.onnx, DIR/model.json and DIR/checkpoint.safetensors for one precision.
 
@@ -218,9 +219,11 @@ def export_artifact(
         checkpoint: a complete checkpoint written by `anomon train`.
         out_dir: output folder (created; existing artifact files are replaced).
         precision: fp32, fp16 or int8.
-        calibration_data: normal footage for INT8 calibration (required for int8).
+        calibration_data: normal footage for INT8 calibration (int8 needs it or `calibration_inputs`).
         calibration_frames: how many evenly spaced normal frames calibrate INT8.
         int8_target: "cpu" (ONNX Runtime's fast U8S8 form) or "tensorrt" (symmetric INT8 Q/DQ).
+        calibration_inputs: normal frames already as model inputs (uint8 [N, C, H, W]), instead of
+            `calibration_data`.
     """
     from model.data import load_clips
     from model.pipeline import load_model, model_inputs
@@ -228,7 +231,7 @@ def export_artifact(
     model, ckpt_meta = load_model(checkpoint)
     if not ckpt_meta.complete or ckpt_meta.calibration is None:
         raise CheckpointError(f"{checkpoint} is not a finished, calibrated checkpoint; finish training first")
-    if precision == "int8" and calibration_data is None:
+    if precision == "int8" and calibration_data is None and calibration_inputs is None:
         raise ValueError(
             "--precision int8 needs --calibration-data NORMAL_PATH (normal frames to calibrate on)"
         )
@@ -246,8 +249,10 @@ def export_artifact(
         elif precision == "fp16":
             quantization = to_fp16(fp32, staged)
         else:
-            assert calibration_data is not None
-            inputs = model_inputs(load_clips(calibration_data, spec, split="train"), ckpt_meta.config)
+            inputs = calibration_inputs
+            if inputs is None:
+                assert calibration_data is not None
+                inputs = model_inputs(load_clips(calibration_data, spec, split="train"), ckpt_meta.config)
             picked = np.linspace(0, len(inputs) - 1, min(calibration_frames, len(inputs))).round().astype(int)
             quantization = to_int8(fp32, staged, inputs[picked], int8_target)
         graph = onnx.load(str(staged))

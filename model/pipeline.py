@@ -168,7 +168,8 @@ def train(
     """Train the configured model (AnoMem or DAAD) on normal footage and write a calibrated checkpoint.
 
     Args:
-        data: normal footage (Ped2 root = its train split, frame folders or videos).
+        data: normal footage (Ped2 root = its train split, frame folders or videos); the last clips
+            (`train.holdout_fraction`) are held out to calibrate on.
         out: checkpoint path; also the resume point, rewritten after every training epoch.
         cfg: the experiment config; `cfg.model.name` picks the model.
         version: model version string (default: data folder name and today's date).
@@ -177,19 +178,56 @@ def train(
             'classifier').
         device: torch device to train on ("cpu", "cuda"); the checkpoint is device-independent.
     """
+    clips = load_clips(data, cfg.input, split="train")
+    fit_clips, holdout = split_holdout(clips, cfg.train.holdout_fraction)
+    return train_clips(
+        fit_clips,
+        holdout,
+        out,
+        cfg,
+        version=version or f"{Path(data).name}-{dt.date.today().isoformat()}",
+        resume=resume,
+        anomalies=anomalies,
+        device=device,
+    )
+
+
+def train_clips(
+    fit_clips: list[Clip],
+    holdout: list[Clip],
+    out: str | Path,
+    cfg: ExperimentConfig,
+    version: str,
+    resume: bool = False,
+    anomalies: str | Path | None = None,
+    device: str = "cpu",
+    source: dict[str, Any] | None = None,
+) -> CheckpointMeta:
+    """Train on clips already split, calibrate on `holdout` (empty: on the training frames), write `out`.
+
+    What `train` does after reading its footage, for footage that comes from elsewhere (`anomon learn`
+    reads it from a camera's stream). The data fingerprint covers both lists.
+
+    Args:
+        fit_clips: normal clips to train on (motion pairs never cross a clip boundary).
+        holdout: normal clips to calibrate the threshold on.
+        out, cfg, version, resume, anomalies, device: as for `train`.
+        source: where the footage came from, recorded in the checkpoint's `training.source`.
+    """
     started = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    clips = load_clips(data, cfg.input, split="train")
-    fit_clips, holdout = split_holdout(clips, cfg.train.holdout_fraction)
     inputs = model_inputs(fit_clips, cfg)
     tqdm.write(f"training on {len(inputs)} frames from {len(fit_clips)} clips; {len(holdout)} clips held out")
     model = build_model(cfg)
     saved_state: dict[str, Any] | None = None
-    version = version or f"{Path(data).name}-{dt.date.today().isoformat()}"
     meta = CheckpointMeta(
-        name=cfg.model.name, version=version, config=cfg, data_fingerprint=fingerprint(clips), complete=False
+        name=cfg.model.name,
+        version=version,
+        config=cfg,
+        data_fingerprint=fingerprint(fit_clips + holdout),
+        complete=False,
     )
     if resume and Path(out).is_file():
         tensors, previous = load_checkpoint(out)
@@ -227,6 +265,7 @@ def train(
                 "wall_seconds": time.perf_counter() - started,
                 "threads": torch.get_num_threads(),
                 "device": device,
+                **({"source": source} if source else {}),
             },
         }
     )

@@ -1,8 +1,9 @@
 """The `anomon` command line: one typer app, whose commands are typed functions.
 
 The commands live by topic (`model.py`: train to bench; `stream.py`: ingest to demo; `console.py`: the
-web console) and are merged into `app`. A command group is one more module with its own `typer.Typer()`,
-added under its name: `app.add_typer(store.app, name="store")` gives `anomon store add|list|remove`.
+web console; `learn.py`: learn) and are merged into `app`. A command group is one more module with its
+own `typer.Typer()`, added under its name: `app.add_typer(store.app, name="store")` gives
+`anomon store add|list|remove`.
 
 Errors a user can cause, and usage errors, end as one line on stderr and exit code 2; nothing prints
 a traceback unless ANOMON_DEBUG=1.
@@ -17,7 +18,7 @@ from typing import Any
 
 import typer
 
-from monitor.cli import console, model, store, stream
+from monitor.cli import console, learn, model, store, stream
 
 app = typer.Typer(
     name="anomon",
@@ -30,6 +31,7 @@ app.add_typer(model.app)
 app.add_typer(stream.app)
 app.add_typer(console.app)
 app.add_typer(store.app, name="store", rich_help_panel="Fleet")
+app.add_typer(learn.app)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

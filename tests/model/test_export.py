@@ -162,6 +162,19 @@ def test_int8_without_an_encoder_scope_is_refused() -> None:
         int8_nodes(graph)
 
 
+def test_int8_calibrates_on_frames_given_as_model_inputs_as_on_the_same_footage(
+    tiny_checkpoint: Path, ped2_like: Path, tmp_path: Path
+) -> None:
+    """`anomon learn` has its footage in memory: the same frames give the same quantized graph."""
+    _, meta = load_model(tiny_checkpoint)
+    inputs = model_inputs(load_clips(ped2_like, meta.config.input, split="train"), meta.config)
+    export_artifact(tiny_checkpoint, tmp_path / "path", "int8", calibration_data=ped2_like)
+    export_artifact(tiny_checkpoint, tmp_path / "frames", "int8", calibration_inputs=inputs)
+    graphs = [onnx.load(str(tmp_path / name / "model.onnx")).graph for name in ("path", "frames")]
+    from_path, from_frames = ({t.name: t.SerializeToString() for t in g.initializer} for g in graphs)
+    assert any("scale" in name for name in from_path) and from_frames == from_path
+
+
 def test_int8_needs_calibration_data(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibration-data"):
         export_artifact(tiny_checkpoint, tmp_path / "x", "int8")

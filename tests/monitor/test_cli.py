@@ -121,6 +121,7 @@ def test_missing_data_and_checkpoint_are_one_line_errors(tmp_path: Path) -> None
         ("demo", "[default: 120]"),
         ("console", "[default: 8080]"),
         ("broker", "[default: 9092]"),
+        ("learn", "[default: earliest]"),
     ],
 )
 def test_every_command_has_help_with_defaults(command: str, shown: str) -> None:
@@ -134,7 +135,7 @@ def test_help_lists_every_command_and_loads_no_torch() -> None:
     probe = (
         "import sys\nfrom monitor.cli import main\n"
         "for argv in (['--help'], ['eval', '--help'], ['run', '--help'], ['ingest', '--help'],\n"
-        "             ['broker', '--help'], ['console', '--help']):\n"
+        "             ['broker', '--help'], ['console', '--help'], ['learn', '--help']):\n"
         "    try:\n        main(argv)\n    except SystemExit as done:\n        assert done.code == 0\n"
         "print(sorted(m for m in ('torch', 'cv2', 'kafka', 'onnxruntime', 'fastapi') if m in sys.modules))"
     )
@@ -155,6 +156,8 @@ def test_help_lists_every_command_and_loads_no_torch() -> None:
         "demo",
         "console",
         "broker",
+        "store",
+        "learn",
     ):
         assert f" {command} " in listing
 
