@@ -2,7 +2,7 @@
 their scored frames become.
 
 No Kafka I/O: a scored frame goes in, its score message and alert events come out as typed wire
-messages, ready to publish.
+messages, ready to publish. A camera without a model (learning) gets thumbnails of its plain frames.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -20,7 +21,7 @@ from kafka.structs import TopicPartition
 from monitor import wire
 from monitor.camera import AlertEvent, CameraState, PerCameraSettings
 from monitor.config import ThumbnailSettings
-from monitor.frames import ConsumedRecord, FrameError
+from monitor.frames import ConsumedRecord, FrameError, FrameRecord, decode_frame
 from monitor.localize import Region
 from monitor.metrics import ServiceMetrics, ServiceStats
 from monitor.scoring import Inference, LoadedModel
@@ -76,6 +77,7 @@ class Cameras:
         self.settings = settings
         self.thumbnail_settings = thumbnails or ThumbnailSettings()
         self._thumbnailed: dict[str, float] = {}  # time.monotonic() of each camera's latest thumbnail
+        self._undecodable: set[str] = set()  # learning cameras warned of a frame that does not decode
         self.metrics = metrics
         self.stats = stats
         self.states: dict[str, CameraState] = {}
@@ -224,23 +226,30 @@ class Cameras:
                 self.peaks.pop(camera_id, None)
         return messages
 
-    def _thumbnail(
-        self, image: np.ndarray, amap: np.ndarray, regions: tuple[Region, ...], score: wire.ScoreMessage
-    ) -> wire.ThumbnailMessage | None:
-        """A small picture of the frame, at most one per camera per interval."""
+    def _thumbnail_due(self, camera_id: str) -> bool:
+        """True (and the interval starts again) when the camera may have a thumbnail now."""
         cfg = self.thumbnail_settings
         now = time.monotonic()
-        camera_id = score.camera_id
         if not cfg.enabled or now - self._thumbnailed.get(camera_id, -math.inf) < cfg.interval_seconds:
-            return None
+            return False
         self._thumbnailed[camera_id] = now
-        clock = time.perf_counter()
+        return True
+
+    def _render_thumbnail(
+        self,
+        camera_id: str,
+        image: np.ndarray,
+        amap: np.ndarray | None = None,
+        regions: tuple[Region, ...] = (),
+    ) -> bytes | None:
+        cfg = self.thumbnail_settings
+        state = self.states.get(camera_id)
         try:
-            data = render_snapshot(
+            return render_snapshot(
                 image,
                 amap,
                 regions,
-                self.states[camera_id].map_scale,
+                None if state is None else state.map_scale,
                 max_side=cfg.max_side,
                 max_bytes=cfg.max_bytes,
                 quality=cfg.quality,
@@ -248,8 +257,19 @@ class Cameras:
         except SnapshotError as err:
             log.warning("camera %s: thumbnail left out: %s", camera_id, err)
             return None
-        finally:
-            self.metrics.thumbnail_seconds.inc(time.perf_counter() - clock)
+
+    def _thumbnail(
+        self, image: np.ndarray, amap: np.ndarray, regions: tuple[Region, ...], score: wire.ScoreMessage
+    ) -> wire.ThumbnailMessage | None:
+        """A small picture of the frame, at most one per camera per interval."""
+        camera_id = score.camera_id
+        if not self._thumbnail_due(camera_id):
+            return None
+        clock = time.perf_counter()
+        data = self._render_thumbnail(camera_id, image, amap, regions)
+        self.metrics.thumbnail_seconds.inc(time.perf_counter() - clock)
+        if data is None:
+            return None
         return wire.ThumbnailMessage(
             camera_id=camera_id,
             frame_index=score.frame_index,
@@ -260,6 +280,42 @@ class Cameras:
             model=score.model,
             image=wire.Snapshot.from_image("image/jpeg", data),
         )
+
+    def learning_thumbnails(
+        self, records: Iterable[FrameRecord], max_pixels: int
+    ) -> list[wire.ThumbnailMessage]:
+        """Thumbnails of cameras without a model (learning): each record is the latest frame of its
+        camera, decoded only when the camera's thumbnail is due (at most one per interval), drawn plain
+        (no score, no model). A frame that does not decode gets none, and a warning once per camera."""
+        out = []
+        for record in records:
+            camera_id = record.camera_id
+            if not self._thumbnail_due(camera_id):
+                continue
+            clock = time.perf_counter()
+            try:
+                data = self._render_thumbnail(camera_id, decode_frame(record, max_pixels))
+            except FrameError as err:
+                if camera_id not in self._undecodable:
+                    self._undecodable.add(camera_id)
+                    log.warning("camera %s: no thumbnail of frame %d: %s", camera_id, record.frame_index, err)
+                data = None
+            finally:
+                self.metrics.thumbnail_seconds.inc(time.perf_counter() - clock)
+            if data is None:
+                continue
+            out.append(
+                wire.ThumbnailMessage(
+                    camera_id=camera_id,
+                    frame_index=record.frame_index,
+                    capture_ts=wire.datetime_from_ns(record.capture_ts_ns),
+                    score=None,
+                    anomalous=False,
+                    model=None,
+                    image=wire.Snapshot.from_image("image/jpeg", data),
+                )
+            )
+        return out
 
     def _snapshot(self, camera_id: str) -> wire.Snapshot | None:
         peak = self.peaks.get(camera_id)
@@ -304,4 +360,5 @@ class Cameras:
         self.partition.pop(camera_id, None)
         self.last_seen.pop(camera_id, None)
         self._thumbnailed.pop(camera_id, None)
+        self._undecodable.discard(camera_id)
         self.status.pop(camera_id, None)

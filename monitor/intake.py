@@ -48,6 +48,8 @@ class IntakeResult:
     consumed: int = 0  # records parsed as frames
     dropped: int = 0  # frames dropped as stale (live mode)
     learning: int = 0  # frames of cameras without a model: counted, not scored
+    # The latest frame of each camera without a model, not decoded (for its thumbnail, if one is due).
+    learning_frames: dict[str, FrameRecord] = field(default_factory=dict)
 
 
 class Intake:
@@ -102,6 +104,7 @@ class Intake:
                 out.learning += 1
                 self.metrics.frames_learning.labels(record.camera_id).inc()
                 self.learning.add(record.camera_id)
+                out.learning_frames[record.camera_id] = record
                 steps.append(record.camera_id)
                 continue
             self.learning.discard(record.camera_id)

@@ -137,7 +137,8 @@ class ServiceMetrics:
         )
         self.thumbnail_seconds = Counter(
             "anomon_thumbnail_seconds",
-            "Time spent rendering camera thumbnails (rate = the share of a core they cost)",
+            "Time spent making camera thumbnails, decoding learning cameras' frames included "
+            "(rate = the share of a core they cost)",
             registry=r,
         )
         self.models_loaded = Gauge("anomon_models_loaded", "Distinct models loaded", registry=r)

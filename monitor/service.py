@@ -198,7 +198,8 @@ class MonitorService:
         return True
 
     def _take_in(self, records: list[Any]) -> InFlight:
-        """Intake (bad records to the dead-letter topic), then the frames to the model threads."""
+        """Intake (bad records to the dead-letter topic, thumbnails of cameras without a model to the
+        thumbnails topic), then the frames to the model threads."""
         assert self.publisher is not None
         taken = self.intake.take(records)
         self.stats.consumed += taken.consumed
@@ -212,6 +213,10 @@ class MonitorService:
             self.cameras.seen(
                 frame.record.camera_id, TopicPartition(frame.consumed.topic, frame.consumed.partition)
             )
+        learning = taken.learning_frames.values()
+        for record in learning:
+            self.cameras.seen(record.camera_id, TopicPartition(record.topic, record.partition))
+        self.publisher.thumbnails(self.cameras.learning_thumbnails(learning, self.cfg.intake.max_pixels))
         return InFlight(records, self.models.submit(taken.frames) if taken.frames else [])
 
     def _finish(self, inflight: InFlight) -> None:

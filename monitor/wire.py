@@ -296,19 +296,49 @@ class AlertMessage(_Message):
         return self
 
 
+# A learning thumbnail (no model yet) has no score, no boxes and is not anomalous; JSON Schema says so too.
+_LEARNING_RULE: dict[str, Any] = {
+    "if": {"properties": {"model": {"type": "null"}}},
+    "then": {
+        "properties": {"score": {"type": "null"}, "anomalous": {"const": False}, "regions": {"maxItems": 0}}
+    },
+    "else": {"properties": {"score": {"type": "number"}}},
+}
+
+
 class ThumbnailMessage(_Message):
-    """A small picture of a camera's latest scored frame (`anomon.thumbnails`), published every few
-    seconds per camera for live views: heatmap and boxes drawn, longest side `thumbnails.max_side`."""
+    """A small picture of a camera's latest frame (`anomon.thumbnails`), published every few seconds
+    per camera for live views, longest side `thumbnails.max_side`.
+
+    A scored frame comes with its score and model, heatmap and boxes drawn. A frame of a camera the
+    service has no model for yet (`learning`) comes as the plain frame downsized, with `model` and
+    `score` null, no regions and `anomalous` false.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_LEARNING_RULE)
 
     schema_: Literal["anomon.thumbnail/1"] = Field(THUMBNAIL_SCHEMA, alias="schema")
     camera_id: CameraId
     frame_index: FrameIndex
     capture_ts: Timestamp
-    score: UnitScore
+    score: UnitScore | None = Field(description="the frame's score; null: learning (no model yet)")
     anomalous: bool
     regions: list[Region] = Field(default_factory=list, description="boxes in source-frame pixels")
-    model: ModelInfo
+    model: ModelInfo | None = Field(description="the model that scored the frame; null: none yet (learning)")
     image: Snapshot
+
+    @property
+    def learning(self) -> bool:
+        """The camera has no model yet: the frame was not scored."""
+        return self.model is None
+
+    @model_validator(mode="after")
+    def _learning_is_unscored(self) -> ThumbnailMessage:
+        if (self.model is None) != (self.score is None):
+            raise ValueError("score and model are both set (a scored frame) or both null (learning)")
+        if self.model is None and (self.regions or self.anomalous):
+            raise ValueError("a learning thumbnail (model null) has no regions and anomalous false")
+        return self
 
 
 Verdict = Literal["acknowledged", "false_alarm", "real"]

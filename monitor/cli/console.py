@@ -43,7 +43,8 @@ def console(
         str, typer.Option(help="the console's consumer group (give each console its own)")
     ] = "anomon-console",
     stale_after: Annotated[
-        float, typer.Option(metavar="SECONDS", help="a camera without scores this long shows stalled")
+        float,
+        typer.Option(metavar="SECONDS", help="a camera with no score or thumbnail this long shows stalled"),
     ] = 30.0,
     retention_days: Annotated[float, typer.Option(help="alerts older than this are forgotten")] = 30.0,
     max_record_bytes: Annotated[int, typer.Option(help="larger records are skipped and counted")] = 1024
@@ -103,7 +104,8 @@ def _report(server: object, stop: threading.Event) -> None:
             s.value for m in server.metrics.skipped.collect() for s in m.samples if s.name.endswith("_total")
         )
         print(
-            f"console: {len(cameras)} cameras ({sum(c.state == 'alert' for c in cameras)} in alert), "
+            f"console: {len(cameras)} cameras ({sum(c.state == 'alert' for c in cameras)} in alert, "
+            f"{sum(c.state == 'learning' for c in cameras)} learning), "
             f"Kafka {'connected' if server.feed.ready else 'connecting'}, {int(skipped)} records skipped",
             file=sys.stderr,
             flush=True,

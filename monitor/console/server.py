@@ -38,7 +38,9 @@ class ConsoleSettings(BaseModel):
     db: Path = Path("anomon-console.db")
     group_id: str = Field("anomon-console", min_length=1)
     token: SecretStr | None = None
-    stale_after_seconds: float = Field(30.0, gt=0, description="a camera without scores this long is stalled")
+    stale_after_seconds: float = Field(
+        30.0, gt=0, description="a camera with no score or thumbnail this long is stalled"
+    )
     retention_days: float = Field(30.0, gt=0, description="alerts older than this are forgotten")
     max_record_bytes: int = Field(1024 * 1024, ge=1024, description="larger records are skipped")
 

@@ -27,6 +27,7 @@ from monitor.console.views import (
     AlertEvent,
     AlertList,
     AlertView,
+    CameraState,
     CameraView,
     FeedbackView,
     ScorePoint,
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS cameras (
     camera_id TEXT PRIMARY KEY,
     last_ts INTEGER, last_frame_index INTEGER, last_score REAL, model TEXT,
-    thumb_ts INTEGER, thumb_frame_index INTEGER, thumb_boxes INTEGER, thumb_type TEXT, thumb BLOB
+    thumb_ts INTEGER, thumb_frame_index INTEGER, thumb_boxes INTEGER, thumb_type TEXT, thumb BLOB,
+    thumb_learning INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS scores (
     camera_id TEXT NOT NULL, ts INTEGER NOT NULL, frame_index INTEGER NOT NULL, score REAL NOT NULL,
@@ -126,6 +128,9 @@ class ConsoleStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(cameras)")}
+            if "thumb_learning" not in columns:  # a database made before learning thumbnails
+                self._db.execute("ALTER TABLE cameras ADD COLUMN thumb_learning INTEGER NOT NULL DEFAULT 0")
         except (sqlite3.Error, OSError) as err:
             raise StoreError(
                 f"cannot open the console database {path}: {err}; give --db a writable file path"
@@ -241,12 +246,12 @@ class ConsoleStore:
         now = now_ms() if now is None else now
         rows = self._query(
             "SELECT last_ts, last_frame_index, last_score, model, thumb_ts, thumb_frame_index, "
-            "thumb_boxes FROM cameras WHERE camera_id = ?",
+            "thumb_boxes, thumb_learning FROM cameras WHERE camera_id = ?",
             (camera_id,),
         )
         if not rows:
             return None
-        last_ts, last_index, last_score, model, thumb_ts, thumb_index, thumb_boxes = rows[0]
+        last_ts, last_index, last_score, model, thumb_ts, thumb_index, thumb_boxes, thumb_learning = rows[0]
         recent = self._query(
             "SELECT frame_index, ts, score FROM scores WHERE camera_id = ? ORDER BY ts DESC LIMIT ?",
             (camera_id, SPARKLINE_POINTS),
@@ -261,11 +266,17 @@ class ConsoleStore:
             (camera_id, now - 86_400_000),
         )[0]
         open_alert = latest[0][0] if latest and latest[0][1] is None else None
-        stalled_alert = bool(latest) and latest[0][2] == "stalled" and (last_ts or 0) <= latest[0][1]
-        if last_ts is None or now - last_ts > self.stale_after_ms or stalled_alert:
+        # The latest frame heard of: a score, or a thumbnail (a learning camera has only those).
+        heard = max((t for t in (last_ts, thumb_ts) if t is not None), default=None)
+        learning = bool(thumb_learning) and (last_ts is None or last_ts < thumb_ts)  # no score since
+        stalled_alert = bool(latest) and latest[0][2] == "stalled" and (heard or 0) <= latest[0][1]
+        state: CameraState
+        if heard is None or now - heard > self.stale_after_ms or stalled_alert:
             state = "stalled"
         elif open_alert is not None:
             state = "alert"
+        elif learning:
+            state = "learning"
         else:
             state = "ok"
         thumbnail = None
@@ -424,20 +435,21 @@ def _apply_score(db: sqlite3.Connection, m: wire.ScoreMessage) -> None:
 def _apply_thumbnail(db: sqlite3.Connection, m: wire.ThumbnailMessage) -> None:
     ts = to_ms(m.capture_ts)
     db.execute(
-        "INSERT INTO cameras (camera_id, model, thumb_ts, thumb_frame_index, thumb_boxes, thumb_type, thumb) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (camera_id) DO UPDATE SET "
+        "INSERT INTO cameras (camera_id, model, thumb_ts, thumb_frame_index, thumb_boxes, thumb_type, thumb, "
+        "thumb_learning) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (camera_id) DO UPDATE SET "
         "thumb_ts = excluded.thumb_ts, thumb_frame_index = excluded.thumb_frame_index, "
         "thumb_boxes = excluded.thumb_boxes, thumb_type = excluded.thumb_type, thumb = excluded.thumb, "
-        "model = COALESCE(cameras.model, excluded.model) "
+        "thumb_learning = excluded.thumb_learning, model = COALESCE(cameras.model, excluded.model) "
         "WHERE cameras.thumb_ts IS NULL OR excluded.thumb_ts >= cameras.thumb_ts",
         (
             m.camera_id,
-            m.model.model_dump_json(),
+            None if m.model is None else m.model.model_dump_json(),
             ts,
             m.frame_index,
             len(m.regions),
             m.image.content_type,
             m.image.image_bytes(),
+            int(m.learning),
         ),
     )
 

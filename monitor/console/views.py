@@ -6,6 +6,7 @@ Built from the store's rows; the fields that come from the wire reuse its types 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.wire import AlertPeak, EndReason, ModelInfo, Timestamp, Verdict
 
-CameraState = Literal["ok", "alert", "stalled"]
+CameraState = Literal["ok", "alert", "learning", "stalled"]
 THRESHOLD = 0.5
 """The calibrated alert threshold on the normalized score scale (wire format v1)."""
 
@@ -31,7 +32,8 @@ class ScorePoint(_View):
 
 
 class ThumbnailView(_View):
-    """The camera's latest thumbnail (heatmap and boxes drawn by the service)."""
+    """The camera's latest thumbnail (heatmap and boxes drawn by the service; the plain frame while
+    the camera is learning)."""
 
     url: str
     frame_index: int
@@ -44,17 +46,26 @@ class CameraView(_View):
 
     camera_id: str
     state: CameraState = Field(
-        description="alert: an alert is open; stalled: no score for the console's --stale-after or its "
-        "last alert ended stalled; ok otherwise"
+        description="stalled: no score or thumbnail for the console's --stale-after, or its last alert "
+        "ended stalled and no frame came since; alert: an alert is open; learning: its latest thumbnail "
+        "is of a frame the service had no model for, and no score came since; ok otherwise"
     )
     last_score: float | None
     last_frame_index: int | None
     last_ts: Timestamp | None = Field(description="capture time of the latest scored frame")
-    model: ModelInfo | None
+    model: ModelInfo | None = Field(description="the model of the latest score (null before the first)")
     thumbnail: ThumbnailView | None
     recent: list[ScorePoint] = Field(description="the latest scores, oldest first (the sparkline)")
     open_alert_id: UUID | None
     alerts_24h: int = Field(description="alerts started in the last 24 hours")
+
+    @property
+    def last_frame_ts(self) -> datetime | None:
+        """Capture time of the latest frame heard of: the latest score's, or a newer thumbnail's (all a
+        learning camera has)."""
+        thumbnail_ts = None if self.thumbnail is None else self.thumbnail.ts
+        times = [t for t in (self.last_ts, thumbnail_ts) if t is not None]
+        return max(times, default=None)
 
 
 class CameraList(_View):

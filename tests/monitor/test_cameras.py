@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -113,3 +114,46 @@ def test_a_thumbnail_per_camera_at_most_once_per_interval_with_the_frame_drawn(m
     assert cameras.score(_inference(model, [0.0])).thumbnails == []  # within the interval
     off = Cameras(settings, ServiceMetrics(), ServiceStats(), ThumbnailSettings(enabled=False))
     assert off.score(_inference(model, [0.0])).thumbnails == []
+
+
+def test_a_learning_camera_gets_its_plain_frame_once_per_interval_and_a_bad_frame_only_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from monitor.config import ThumbnailSettings
+    from monitor.frames import MAX_PIXELS, parse_record
+    from monitor.wire import MAX_FRAME_BYTES
+
+    scene = np.tile(np.linspace(0, 255, 90, dtype=np.uint8), (60, 1))
+    scene[20:40, 30:50] = 255
+    payload = cv2.imencode(".jpg", scene)[1].tobytes()
+
+    def frame(camera: str, index: int, value: bytes = payload) -> Any:
+        return parse_record(record(camera, index, value), MAX_FRAME_BYTES)
+
+    metrics = ServiceMetrics()
+    thumbnails = ThumbnailSettings(interval_seconds=0.3, max_side=64)
+    cameras = Cameras(PerCameraSettings.model_validate({}), metrics, ServiceStats(), thumbnails)
+    (thumbnail,) = cameras.learning_thumbnails([frame("new-cam", 5)], MAX_PIXELS)
+    assert thumbnail.learning and (thumbnail.camera_id, thumbnail.frame_index) == ("new-cam", 5)
+    assert (thumbnail.score, thumbnail.anomalous, thumbnail.regions) == (None, False, [])
+    image = cv2.imdecode(np.frombuffer(thumbnail.image.image_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == (43, 64)  # the frame itself, downsized: no heatmap, no boxes
+    expected = cv2.resize(scene, (64, 43), interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(int) - expected).mean() < 6
+    assert cameras.learning_thumbnails([frame("new-cam", 6)], MAX_PIXELS) == []  # within the interval
+
+    broken = payload[: len(payload) // 2]
+    with caplog.at_level(logging.WARNING, logger="monitor.cameras"):
+        assert cameras.learning_thumbnails([frame("broken", 0, broken)], MAX_PIXELS) == []
+        time.sleep(0.35)
+        again = cameras.learning_thumbnails([frame("broken", 1, broken), frame("new-cam", 7)], MAX_PIXELS)
+    assert [(t.camera_id, t.frame_index) for t in again] == [("new-cam", 7)]
+    warnings = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+    assert len(warnings) == 1 and "no thumbnail" in warnings[0], warnings
+    assert metrics.thumbnail_seconds._value.get() > 0
+    off = Cameras(
+        PerCameraSettings.model_validate({}), metrics, ServiceStats(), ThumbnailSettings(enabled=False)
+    )
+    assert off.learning_thumbnails([frame("new-cam", 8)], MAX_PIXELS) == []

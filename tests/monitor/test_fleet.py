@@ -3,12 +3,15 @@ and real ONNX Runtime sessions."""
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 
@@ -16,7 +19,7 @@ from monitor.config import ServiceConfig
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.store import ModelStore
-from monitor.wire import AlertMessage, ScoreMessage, ThumbnailMessage, decode
+from monitor.wire import AlertMessage, ScoreMessage, ThumbnailMessage, decode, load_schema
 from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, service_config
 
 TopicsFactory = Any
@@ -94,34 +97,58 @@ def test_each_camera_is_scored_by_its_own_model_and_a_camera_without_one_is_lear
     kafka_settings: KafkaSettings,
     service_topics: TopicsFactory,
     read_records: RecordReader,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = ModelStore(tmp_path / "store", create=True)
     gate = store.add(tiny_artifact, "gate")
     yard = store.add(tiny_daad_artifact, "yard")
     assert gate.sha256 != yard.sha256
     topics = service_topics(2)
-    with ServiceThread(_config(kafka_bootstrap, topics, store.root)) as running:
+    broken = [f[: len(f) // 2] for f in _frames(3, 5)]  # half JPEGs: parse, do not decode
+    cfg = _config(kafka_bootstrap, topics, store.root)
+    with caplog.at_level(logging.WARNING, logger="monitor.cameras"), ServiceThread(cfg) as running:
         running.start().wait_assigned()
         _send(kafka_settings, topics.frames, "gate", _frames(12, 0))
         _send(kafka_settings, topics.frames, "yard", _frames(12, 1))
         _send(kafka_settings, topics.frames, "new-cam", _frames(12, 2))
+        _send(kafka_settings, topics.frames, "broken-cam", broken)
         scores = _scores(read_records, topics.scores, 24)
-        _wait(lambda: running.service.stats.learning == 12)
+        _wait(lambda: running.service.stats.learning == 15)
         assert _metric(running, "anomon_camera_state", camera="new-cam", state="learning") == 1
         assert _metric(running, "anomon_models_loaded") == 2
+        # Past the thumbnail interval (2 s), the learning cameras send again.
+        time.sleep(2.2)
+        _send(kafka_settings, topics.frames, "new-cam", _frames(12, 3), first=12)
+        _send(kafka_settings, topics.frames, "broken-cam", broken, first=3)
+        _wait(lambda: running.service.stats.learning == 30)
     by_camera: dict[str, set[str]] = {}
     for s in scores:
         by_camera.setdefault(s.camera_id, set()).add(s.model.sha256)
     assert by_camera == {"gate": {gate.sha256}, "yard": {yard.sha256}}
     assert len(read_records(topics.dead_letters, 1, timeout_s=2)) == 0
-    assert running.service.stats.processed == 24 and running.service.stats.dead_letters == 0
-    # The live view's thumbnails: the first frame of each scored camera (then one per 2 s), none of
-    # the learning camera.
-    thumbnails = [decode(r.value) for r in read_records(topics.thumbnails, 3, timeout_s=5)]
-    assert sorted((t.camera_id, t.model.sha256) for t in thumbnails if isinstance(t, ThumbnailMessage)) == [
-        ("gate", gate.sha256),
-        ("yard", yard.sha256),
-    ]
+    stats = running.service.stats
+    assert stats.processed == 24 and stats.dead_letters == 0 and stats.learning == 30
+    # The live view's thumbnails: scored ones of the scored cameras (their first frame, then one per
+    # 2 s); the plain latest frame of the learning camera, once per 2 s: one a burst. None of frames
+    # that do not decode, and one warning for that camera.
+    validator = jsonschema.Draft202012Validator(load_schema("thumbnail"))
+    thumbnails: list[ThumbnailMessage] = []
+    for r in read_records(topics.thumbnails, 5, timeout_s=5):
+        validator.validate(json.loads(r.value))
+        message = decode(r.value)
+        assert isinstance(message, ThumbnailMessage) and r.key == message.camera_id.encode()
+        thumbnails.append(message)
+    scored = {(t.camera_id, t.model.sha256) for t in thumbnails if t.model is not None}
+    assert scored == {("gate", gate.sha256), ("yard", yard.sha256)}
+    learning = [t for t in thumbnails if t.learning]
+    assert [t.camera_id for t in learning] == ["new-cam", "new-cam"]
+    assert learning[0].frame_index < 12 <= learning[1].frame_index
+    for t in learning:
+        assert t.score is None and not t.anomalous and t.regions == []
+        image = cv2.imdecode(np.frombuffer(t.image.image_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[:2] == (60, 90)  # under thumbnails.max_side: as sent
+    warned = [r.getMessage() for r in caplog.records if "broken-cam" in r.getMessage()]
+    assert len(warned) == 1 and "no thumbnail" in warned[0], warned
 
 
 def test_a_new_version_swaps_the_camera_live_without_losing_or_repeating_a_frame(

@@ -287,3 +287,38 @@ def test_thumbnail_and_feedback_messages_validate_and_round_trip() -> None:
     assert not _validator("feedback").is_valid(broken)
     with pytest.raises(WireError):
         decode(json.dumps(broken))
+
+
+def test_a_learning_thumbnail_has_no_model_score_or_boxes_in_the_code_and_the_schema() -> None:
+    from monitor.wire import ThumbnailMessage
+
+    learning = ThumbnailMessage(
+        camera_id="new-cam",
+        frame_index=3,
+        capture_ts=CAPTURED,
+        score=None,
+        anomalous=False,
+        model=None,
+        image=Snapshot.from_image("image/jpeg", b"\xff\xd8\xff\xe0fake"),
+    )
+    data = encode(learning)
+    document = json.loads(data)
+    assert (document["model"], document["score"], document["regions"]) == (None, None, [])
+    validator = _validator("thumbnail")
+    validator.validate(document)
+    assert decode(data) == learning and learning.learning
+    # Half a learning thumbnail, or a learning one with boxes or an alert, is refused both ways.
+    box = {"bbox": [1, 2, 3, 4], "score": 0.9}
+    scored_model = json.loads(MODEL.model_dump_json())
+    for broken in (
+        document | {"score": 0.4},
+        document | {"anomalous": True},
+        document | {"regions": [box]},
+        document | {"model": scored_model},  # a model but no score
+    ):
+        assert not validator.is_valid(broken), broken
+        with pytest.raises(WireError):
+            decode(json.dumps(broken))
+    scored = document | {"model": scored_model, "score": 0.4, "regions": [box]}
+    validator.validate(scored)
+    assert not decode(json.dumps(scored)).learning  # type: ignore[union-attr]

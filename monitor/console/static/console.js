@@ -28,6 +28,8 @@
   const plural = (n, noun) => `${n} ${noun}${n === 1 ? "" : noun.endsWith("x") ? "es" : "s"}`;
   const verdictText = (v) => (v ? v.replace("_", " ") : "");
   const modelText = (m) => (m ? `${m.name} · ${m.version}` : "no model yet");
+  // The latest frame heard of: the latest score's, or a newer thumbnail's (a learning camera has only those).
+  const lastFrameTs = (c) => [c.last_ts, c.thumbnail && c.thumbnail.ts].filter(Boolean).sort().pop() || "";
 
   function setTime(el, iso) {
     el.dateTime = iso || "";
@@ -72,8 +74,8 @@
     const scoreEl = field(tile, "score");
     scoreEl.textContent = c.last_score == null ? "–" : c.last_score.toFixed(2);
     scoreEl.classList.toggle("hot", c.last_score != null && c.last_score >= THRESHOLD);
-    field(tile, "model").textContent = modelText(c.model);
-    setTime(field(tile, "last_ts"), c.last_ts);
+    field(tile, "model").textContent = modelText(c.state === "learning" ? null : c.model);
+    setTime(field(tile, "last_ts"), lastFrameTs(c));
     field(tile, "alerts_24h").textContent = `${plural(c.alerts_24h, "alert")} in 24 h`;
     field(tile, "link").href = `/alerts?camera=${encodeURIComponent(c.camera_id)}`;
     const open = field(tile, "open_alert");

@@ -151,6 +151,21 @@ def thumbnail(
     )
 
 
+def learning_thumbnail(
+    camera: str, index: int, at: datetime = T0, image: bytes | None = None
+) -> wire.ThumbnailMessage:
+    """A thumbnail of a camera the service has no model for: the plain frame, no score."""
+    return wire.ThumbnailMessage(
+        camera_id=camera,
+        frame_index=index,
+        capture_ts=at,
+        score=None,
+        anomalous=False,
+        model=None,
+        image=wire.Snapshot.from_image("image/jpeg", jpeg(level=140) if image is None else image),
+    )
+
+
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None

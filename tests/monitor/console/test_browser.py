@@ -24,6 +24,7 @@ from monitor.console.server import ConsoleServer, ConsoleSettings
 from monitor.ingest import FramePublisher
 from monitor.kafka_client import KafkaSettings, make_producer
 from monitor.replay import find_clips, replay
+from monitor.store import ModelStore
 from tests.conftest import PED2, PED2_CHECKPOINT
 from tests.monitor.conftest import RecordReader, ServiceThread, ServiceTopics, TopicFactory, service_config
 from tests.monitor.console.conftest import MODEL, ConsoleFactory, alert, jpeg, publish, score, thumbnail
@@ -278,3 +279,97 @@ def test_text_from_kafka_renders_as_text_in_live_updates(
         assert dialogs == []
     finally:
         context.close()
+
+
+def _send_cameras(settings: KafkaSettings, topic: str, folders: dict[str, Path], count: int) -> None:
+    """`count` frames of each camera's folder, interleaved, at 25 fps."""
+    producer = make_producer(settings)
+    try:
+        publisher = FramePublisher(producer, topic)
+        frames = {camera: sorted(folder.glob("*.jpg"))[:count] for camera, folder in folders.items()}
+        for i in range(count):
+            for camera, paths in frames.items():
+                publisher.send(camera, paths[i].read_bytes(), "image/jpeg", i, time.time_ns())
+            producer.flush()
+            time.sleep(0.04)
+    finally:
+        producer.close()
+
+
+BADGE_COLOURS = """() => Object.fromEntries([...document.querySelectorAll('.tile')].map((t) =>
+  [t.dataset.camera, getComputedStyle(t.querySelector('.state-badge')).color]))"""
+LEGEND_COLOURS = """() => [...document.querySelectorAll('.legend .dot')].map((d) =>
+  [d.className, getComputedStyle(d).backgroundColor])"""
+
+
+def test_a_camera_without_a_model_shows_learning_on_the_grid(
+    browser: Any,
+    ped2_anomem: Path,
+    kafka_bootstrap: str,
+    kafka_settings: KafkaSettings,
+    service_topics: Any,
+    new_topic: TopicFactory,
+    tmp_path: Path,
+) -> None:
+    # A real service over a model store with a model for ped2-1 and none for lobby.
+    store = ModelStore(tmp_path / "store", create=True)
+    store.add(ped2_anomem, "ped2-1")
+    topics: ServiceTopics = service_topics(1)
+    settings = ConsoleSettings(
+        kafka=kafka_settings,
+        topics=wire.Topics(
+            scores=topics.scores,
+            alerts=topics.alerts,
+            thumbnails=topics.thumbnails,
+            feedback=new_topic(1, ".feedback"),
+        ),
+        port=0,
+        db=tmp_path / "console.db",
+        group_id=f"console-{uuid.uuid4().hex[:8]}",
+    )
+    console = ConsoleServer(settings).start()
+    context = browser.new_context(viewport={"width": 720, "height": 490})  # two tiles, for the docs
+    try:
+        assert console.feed.wait_ready(30)
+        grid = context.new_page()
+        grid.goto(console.url + "/")
+        _live(grid)
+        cfg = service_config(kafka_bootstrap, topics, None, **{"model.store": str(store.root)})
+        with ServiceThread(cfg) as running:
+            running.start().wait_assigned()
+            folders = {"ped2-1": PED2 / "train" / "01", "lobby": PED2 / "train" / "02"}
+            sender = threading.Thread(
+                target=_send_cameras, args=(kafka_settings, topics.frames, folders, 75), daemon=True
+            )
+            sender.start()
+            # Both tiles come live (built by the script): lobby learning, ped2-1 scored.
+            learning = grid.wait_for_selector('.tile.state-learning[data-camera="lobby"]', timeout=30_000)
+            scored = grid.wait_for_selector(
+                '.tile[data-camera="ped2-1"]:not(.state-learning)', timeout=60_000
+            )
+            _until(grid, IMAGE_LOADED, scored.query_selector("img"))
+            assert scored.query_selector('[data-field="model"]').inner_text().startswith("anomem · ")
+            for page in (grid, _reloaded(context, console.url)):  # live, then as the server renders it
+                tile = page.query_selector('.tile[data-camera="lobby"]')
+                assert "state-learning" in (tile.get_attribute("class") or "")
+                assert tile.query_selector('[data-field="state"]').inner_text().lower() == "learning"
+                assert tile.query_selector('[data-field="model"]').inner_text() == "no model yet"
+                assert tile.query_selector('[data-field="score"]').inner_text() == "–"
+                assert tile.query_selector('[data-field="last_ts"]').inner_text()
+                _until(page, IMAGE_LOADED, tile.query_selector("img"))
+                badges = page.evaluate(BADGE_COLOURS)
+                assert badges["lobby"] != badges["ped2-1"], badges
+                legend = dict(page.evaluate(LEGEND_COLOURS))
+                assert len(set(legend.values())) == 4 and "dot learning" in legend, legend
+            assert learning.query_selector("img").evaluate("(img) => img.naturalWidth") == 320  # max_side
+            _screenshot(grid, "learning", tmp_path)
+            sender.join(30)
+    finally:
+        context.close()
+        console.stop()
+
+
+def _reloaded(context: Any, url: str) -> Any:
+    page = context.new_page()
+    page.goto(url + "/")
+    return page

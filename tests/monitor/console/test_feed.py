@@ -13,10 +13,12 @@ from monitor import wire
 from monitor.kafka_client import KafkaSettings
 from tests.monitor.conftest import RecordReader
 from tests.monitor.console.conftest import (
+    MODEL,
     ConsoleFactory,
     Http,
     alert,
     jpeg,
+    learning_thumbnail,
     publish,
     score,
     thumbnail,
@@ -125,3 +127,41 @@ def test_history_and_feedback_survive_a_restart_and_feedback_is_published(
     assert detail["verdict"] == "false_alarm" and len(detail["feedback"]) == 1
     assert len(detail["scores"]) == 10 and detail["snapshot_url"]
     assert len(read_records(console_topics.feedback, 2, timeout_s=2)) == 1, "published once, not again"
+
+
+def test_a_camera_without_a_model_is_listed_as_learning_until_its_first_score(
+    start_console: ConsoleFactory, console_topics: wire.Topics, kafka_settings: KafkaSettings
+) -> None:
+    console = start_console(stale_after_seconds=30)
+    http = Http(console.url)
+    now = datetime.now(UTC)
+    picture = jpeg(level=140)
+    publish(
+        kafka_settings,
+        console_topics.thumbnails,
+        [
+            wire.encode(learning_thumbnail("cam-new", 3, at=now, image=picture)),
+            # A camera heard of only long ago: stalled, whatever its last thumbnail was.
+            wire.encode(learning_thumbnail("cam-old", 3, at=now - timedelta(minutes=5))),
+        ],
+        key=b"cam-new",
+    )
+
+    def cameras() -> dict[str, dict[str, object]]:
+        return {c["camera_id"]: c for c in json.loads(http.request("/api/cameras")[2])["cameras"]}
+
+    listed = wait_for(lambda: (c := cameras()).keys() == {"cam-new", "cam-old"} and c, what="both cameras")
+    new = listed["cam-new"]
+    assert (new["state"], new["model"], new["last_score"], new["recent"]) == ("learning", None, None, [])
+    assert listed["cam-old"]["state"] == "stalled"
+    status, headers, body = http.request(str(new["thumbnail"]["url"]))  # type: ignore[index]
+    assert status == 200 and headers["content-type"] == "image/jpeg" and body == picture
+
+    publish(
+        kafka_settings,
+        console_topics.scores,
+        [wire.encode(score("cam-new", 4, 0.2, at=now))],
+        key=b"cam-new",
+    )
+    scored = wait_for(lambda: (c := cameras()["cam-new"])["state"] == "ok" and c, what="the first score")
+    assert scored["model"] == json.loads(MODEL.model_dump_json()) and scored["last_score"] == 0.2

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from monitor import wire
 from monitor.console.store import SCORE_RETENTION_MS, ConsoleStore, to_ms
-from tests.monitor.console.conftest import MODEL, T0, alert, jpeg, score, thumbnail
+from tests.monitor.console.conftest import MODEL, T0, alert, jpeg, learning_thumbnail, score, thumbnail
 
 
 def test_an_alert_lifecycle_is_kept_idempotently_and_survives_a_reopen(tmp_path: Path) -> None:
@@ -73,6 +74,65 @@ def test_a_camera_is_ok_in_alert_or_stalled(tmp_path: Path) -> None:
     assert store.camera("cam-1", now=now).state == "stalled"  # type: ignore[union-attr]
     store.apply([score("cam-1", 40, 0.1)])  # frames again, after the stall
     assert store.camera("cam-1", now=now + 3000).state == "ok"  # type: ignore[union-attr]
+
+
+def test_a_camera_without_a_model_is_learning_until_a_score_comes(tmp_path: Path) -> None:
+    store = ConsoleStore(tmp_path / "console.db", stale_after_seconds=30)
+    now = to_ms(T0) + 1000
+
+    def state(at: int = now) -> str:
+        view = store.camera("cam-new", now=at)
+        assert view is not None
+        return view.state
+
+    picture = jpeg(level=140)
+    store.apply([learning_thumbnail("cam-new", 4, image=picture)])
+    view = store.camera("cam-new", now=now)
+    assert view is not None and view.state == "learning"
+    assert (view.model, view.last_score, view.last_ts, view.recent) == (None, None, None, [])
+    assert view.thumbnail is not None and view.thumbnail.frame_index == 4 and view.thumbnail.boxes == 0
+    assert view.last_frame_ts == T0
+    assert store.thumbnail("cam-new") == ("image/jpeg", picture)
+    assert state(now + 31_000) == "stalled", "nothing for --stale-after: stalled wins"
+
+    def at(seconds: float) -> datetime:
+        return T0 + timedelta(seconds=seconds)
+
+    store.apply([score("cam-new", 40, 0.2)])  # a model came: frame 40 is scored (T0 + 4 s)
+    assert state() == "ok"
+    store.apply([learning_thumbnail("cam-new", 60, at=at(6))])  # its model left the store
+    assert state() == "learning"
+    store.apply([thumbnail("cam-new", 70, at=at(7)), learning_thumbnail("cam-new", 60, at=at(6))])
+    assert state() == "ok", "a scored thumbnail is newer; the redelivered learning one changes nothing"
+
+    a = uuid.uuid4()
+    store.apply([alert("cam-new", a, "start", start=at(7)), learning_thumbnail("cam-new", 80, at=at(8))])
+    assert state() == "alert", "an open alert shows over learning"
+    store.apply([alert("cam-new", a, "end", start=at(7), end=at(8.5), reason="stalled")])
+    assert state() == "stalled"
+    store.apply([learning_thumbnail("cam-new", 90, at=at(9))])  # frames again after the stall
+    assert state() == "learning"
+
+
+def test_a_database_from_before_learning_thumbnails_opens_with_its_cameras(tmp_path: Path) -> None:
+    path = tmp_path / "console.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE cameras (camera_id TEXT PRIMARY KEY, last_ts INTEGER, last_frame_index INTEGER, "
+        "last_score REAL, model TEXT, thumb_ts INTEGER, thumb_frame_index INTEGER, thumb_boxes INTEGER, "
+        "thumb_type TEXT, thumb BLOB)"
+    )
+    old.execute(
+        "INSERT INTO cameras (camera_id, last_ts, last_frame_index, last_score, model) "
+        "VALUES (?, ?, ?, ?, ?)",
+        ("cam-1", to_ms(T0), 0, 0.2, MODEL.model_dump_json()),
+    )
+    old.commit()
+    old.close()
+    store = ConsoleStore(path)
+    assert [(v.camera_id, v.state) for v in store.cameras(now=to_ms(T0))] == [("cam-1", "ok")]
+    store.apply([learning_thumbnail("cam-2", 0)])
+    assert store.camera("cam-2", now=to_ms(T0)).state == "learning"  # type: ignore[union-attr]
 
 
 def test_feedback_is_pending_until_published_and_the_latest_verdict_shows(tmp_path: Path) -> None:
