@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
 import torch
 from results_io import ANOMEM_ARTIFACT, RESULTS, repo_path, run_record
-from stream import ScoreReader, Service, _total, _wait_scored
+from stream import ScoreReader, Service, _total, _wait_scored, machine_record
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -249,15 +247,7 @@ def main() -> None:
     }
     report = {
         **run_record(args.checkpoint),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "onnxruntime": onnxruntime.__version__,
-            "gpu": None,
-            "broker": "embedded Tansu (memory storage), same machine",
-            "load_average_1_5_15_before": load_before,
-            "load_average_1_5_15_after": os.getloadavg(),
-        },
+        "machine": machine_record(load_before),
         "model": {
             "backend": "onnxruntime",
             "precision": "fp32",

@@ -187,6 +187,20 @@ class Service:
         self.log.close()
 
 
+def machine_record(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine a service benchmark ran on, with the load average before and after it."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+        "gpu": None,
+        "broker": "embedded Tansu (memory storage), same machine",
+        # Shared with other engineers' jobs: the load says how contended the cores were.
+        "load_average_1_5_15_before": load_before,
+        "load_average_1_5_15_after": os.getloadavg(),
+    }
+
+
 def _total(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
 
@@ -402,16 +416,7 @@ def main() -> None:
         )
     report_doc = {
         **run_record(args.checkpoint),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "onnxruntime": onnxruntime.__version__,
-            "gpu": None,
-            "broker": "embedded Tansu (memory storage), same machine",
-            # Shared with other engineers' jobs: the load says how contended the cores were.
-            "load_average_1_5_15_before": load_before,
-            "load_average_1_5_15_after": os.getloadavg(),
-        },
+        "machine": machine_record(load_before),
         "model": {
             "checkpoint": args.checkpoint,
             "backend": "onnxruntime",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,7 +18,7 @@ from monitor import wire
 from monitor.broker import free_port
 from monitor.metrics import HealthServer, ServiceMetrics
 from monitor.webhooks import AlertWebhooks, WebhookSettings
-from tests.monitor.prometheus import PROMETHEUS, PrometheusServer, http_get
+from tests.monitor.prometheus import PROMETHEUS, LoopbackServer, PrometheusServer
 from tests.monitor.receiver import Receiver
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -36,7 +35,7 @@ pytestmark = [
 ]
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(LoopbackServer):
     """deploy/'s Alertmanager config on loopback, its receivers pointed at `receiver_url`/<receiver>
     and its grouping waits cut to a second (the routes, matchers and inhibitions stay as shipped)."""
 
@@ -50,43 +49,20 @@ class AlertmanagerServer:
         self.config_path.write_text(yaml.safe_dump(config))
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.url = f"http://{self.address}"
         self.log = workdir / "alertmanager.log"
         self.storage = workdir / "alertmanager"
 
-    def __enter__(self) -> AlertmanagerServer:
+    def command(self) -> list[str]:
         assert ALERTMANAGER is not None
-        self._log = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
-                ALERTMANAGER,
-                f"--config.file={self.config_path}",
-                f"--storage.path={self.storage}",
-                f"--web.listen-address={self.address}",
-                "--cluster.listen-address=",  # no gossip port: one instance
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"alertmanager exited: {self.log.read_text()[-2000:]}"
-            try:
-                if http_get(f"http://{self.address}/-/ready", 1.0)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"alertmanager not ready in 30 s: {self.log.read_text()[-2000:]}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
+        return [
+            ALERTMANAGER,
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.storage}",
+            f"--web.listen-address={self.address}",
+            "--cluster.listen-address=",  # no gossip port: one instance
+            "--log.level=warn",
+        ]
 
 
 def _alert() -> wire.AlertMessage:

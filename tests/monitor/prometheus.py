@@ -11,7 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -29,7 +29,42 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-class PrometheusServer:
+class LoopbackServer:
+    """A server process on loopback (a subclass gives `command()`, `log` and `url`), ready when its
+    /-/ready answers 200 (as Prometheus and Alertmanager do); stopped on leaving the `with`."""
+
+    url: str
+    log: Path
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._log = self.log.open("w")
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
+        name = Path(self.command()[0]).name
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"{name} exited: {self.log.read_text()[-2000:]}"
+            try:
+                if http_get(f"{self.url}/-/ready", 1.0)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} not ready in 30 s: {self.log.read_text()[-2000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+class PrometheusServer(LoopbackServer):
     """A throwaway Prometheus on loopback with deploy/'s rules, scraping every second deploy/'s jobs
     named in `targets` (job -> host:port; a plain host:port is the `anomon` job); with `alertmanager`
     (host:port), it sends firing alerts there as deploy/'s `alerting:` says."""
@@ -57,39 +92,15 @@ class PrometheusServer:
         self.log = workdir / "prometheus.log"
         self.storage = workdir / "tsdb"
 
-    def __enter__(self) -> PrometheusServer:
+    def command(self) -> list[str]:
         assert PROMETHEUS is not None
-        self._log = self.log.open("w")
-        self.process = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.storage}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"prometheus exited: {self.log.read_text()[-2000:]}"
-            try:
-                if http_get(f"{self.url}/-/ready", 1.0)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready in 30 s: {self.log.read_text()[-2000:]}")
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
+        return [
+            PROMETHEUS,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.storage}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ]
 
     def api(self, path: str, **params: str) -> Any:
         status, body = http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
