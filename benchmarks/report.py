@@ -108,6 +108,14 @@ def _fleet_headline(data: dict[str, Any]) -> str:
     )
 
 
+def _thumbnails_headline(data: dict[str, Any]) -> str:
+    return (
+        f"one thumbnail **{data['thumbnail_ms']:.2f} ms** (the model: {data['model_ms_per_frame']:.1f} ms a "
+        f"frame); 50 cameras at one per {data['default_interval_seconds']:g} s: "
+        f"{100 * data['share_of_a_core_at_50_cameras']:.1f}% of one core"
+    )
+
+
 def _reliability_headline(data: dict[str, Any]) -> str:
     phases = data["phases"]
     parts = []
@@ -206,6 +214,15 @@ BENCHMARKS = (
         "time and memory as one process opens 32 distinct models.",
         lambda _: f"python benchmarks/fleet.py {PED2} --cameras 8 --live-fps 4 --rounds 3 --grow 32",
         _fleet_headline,
+    ),
+    Benchmark(
+        "thumbnails",
+        "Thumbnails for the console",
+        "What a camera thumbnail (latest scored frame, heatmap and boxes, JPEG) costs the service: camera "
+        "state on Ped2 frames with a thumbnail per frame against none, alternated batch by batch, beside "
+        "the model's time per frame.",
+        lambda _: f"python benchmarks/thumbnails.py {PED2} --rounds 5",
+        _thumbnails_headline,
     ),
     Benchmark(
         "reliability",
