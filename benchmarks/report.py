@@ -108,6 +108,16 @@ def _fleet_headline(data: dict[str, Any]) -> str:
     )
 
 
+def _service_ceiling_headline(data: dict[str, Any]) -> str:
+    at16 = ", ".join(
+        f"{variant} **{v['cameras']['16']['fps']:.0f}**"
+        for variant, v in data["summary"].items()
+        if "16" in v["cameras"]
+    )
+    goal = data["targets"]["fps_at_16_cameras"]
+    return f"instant model, 16 cameras, saturated frames/s: {at16} (goal {goal}, median of rounds)"
+
+
 def _reliability_headline(data: dict[str, Any]) -> str:
     phases = data["phases"]
     parts = []
@@ -206,6 +216,16 @@ BENCHMARKS = (
         "time and memory as one process opens 32 distinct models.",
         lambda _: f"python benchmarks/fleet.py {PED2} --cameras 8 --live-fps 4 --rounds 3 --grow 32",
         _fleet_headline,
+    ),
+    Benchmark(
+        "service_ceiling",
+        "The service's own ceiling",
+        "`anomon run` with an instant runtime (zeros of the model's shapes) behind an embedded broker, "
+        "Ped2 JPEGs pre-loaded as 1, 4, 16 and 64 cameras: sustained frames/s, the service's and the "
+        "broker's CPU per frame, live p99 and a py-spy profile by stage (poll, decode, pair, state, "
+        "publish, commit); an earlier commit side by side, run by run.",
+        lambda _: f"python benchmarks/service_ceiling.py {PED2} --rounds 3 --frames 4800 --live-fps 200",
+        _service_ceiling_headline,
     ),
     Benchmark(
         "reliability",
