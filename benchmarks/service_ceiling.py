@@ -13,13 +13,17 @@ over the frames scored meanwhile. Live runs: the N cameras send --live-fps frame
 (capture time = send time) and the capture-to-publish latency of each score gives p50 and p99.
 
 Profile: one more saturated run per variant at --profile-cameras with py-spy sampling every thread
-of the service (idle threads left out); each sample is put in the stage of its innermost frame
-that names one (STAGES), and the service's CPU time over the profile is split by those shares.
+of the service; each sample is put in the stage of its innermost frame that names one (STAGES).
+The service's CPU time over the profile is split by the shares of the samples not waiting (WAITS),
+the main thread's wall time by the shares of all its samples.
+
+Clients: kafka-python (as the service configures it) and confluent-kafka alone in this process,
+consuming the pre-loaded frames and producing score-sized records: CPU per record of each.
 
 Variants: the tree benchmarked (this repository) and, with --baseline DIR (a checkout of an earlier
-commit, e.g. `git worktree add /tmp/anomon-before COMMIT`), that tree too, alternated run by run in
-every round; each row records the commit it measured. This machine is shared and noisy: the
-headline numbers are medians over rounds, and the load average is recorded.
+commit: `git clone . /tmp/anomon-before && git -C /tmp/anomon-before checkout COMMIT`), that tree
+too, alternated run by run in every round; each row records the commit it measured. This machine is
+shared and noisy: the headline numbers are medians over rounds, and the load average is recorded.
 
     python benchmarks/service_ceiling.py --data ../shared/data/ucsd_ped2 --rounds 3
 """
@@ -154,6 +158,26 @@ def load_frames(data: Path) -> list[bytes]:
     return [payload for clip in find_clips(data) for payload, _ in clip.encoded_frames()]
 
 
+def preload(settings: Any, topic: str, frames: list[bytes], cameras: int, total: int) -> int:
+    """`total` frames as `cameras` cameras ticking together, each camera from its own frame on."""
+    from monitor.ingest import FramePublisher
+    from monitor.kafka_client import make_producer
+    from monitor.replay import camera_ids
+    from monitor.wire import JPEG
+
+    ids = camera_ids(cameras, "cam")
+    producer = make_producer(settings)
+    publisher = FramePublisher(producer, topic)
+    start_ns = time.time_ns() - (total // cameras + 1) * CAMERA_INTERVAL_NS
+    for tick in range(total // cameras):
+        for number, camera in enumerate(ids):
+            payload = frames[(number * 97 + tick) % len(frames)]
+            publisher.send(camera, payload, JPEG, tick, start_ns + tick * CAMERA_INTERVAL_NS)
+    publisher.flush()
+    producer.close()
+    return total // cameras * cameras
+
+
 def stage_shares(raw: str) -> tuple[dict[str, float], dict[str, float], int]:
     """py-spy's raw output (`frame;frame;... count`, outermost first, idle samples included) -> the
     share of each stage in the samples that were not waiting (CPU), its share of the main thread's
@@ -189,6 +213,15 @@ def stage_shares(raw: str) -> tuple[dict[str, float], dict[str, float], int]:
     )
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A service to measure: a source tree, and the producer client it runs with (None: its default)."""
+
+    name: str
+    tree: Path
+    client: str | None = None
+
+
 @dataclass
 class Run:
     """One service run's numbers."""
@@ -221,7 +254,7 @@ class Bench:
         self.work = work
         self.runs = 0
 
-    def _config(self, bootstrap: str, name: str, mode: str) -> dict[str, Any]:
+    def _config(self, bootstrap: str, name: str, mode: str, client: str | None) -> dict[str, Any]:
         topics = {k: f"ceiling.{name}.{k}" for k in ("frames", "scores", "alerts", "dead_letters")}
         return {
             "kafka": {"bootstrap_servers": bootstrap},
@@ -230,33 +263,12 @@ class Bench:
             "model": {"artifact": str(self.args.checkpoint)},
             "intake": {"mode": mode},
             "batching": {"max_batch": self.args.max_batch},
-        }
+        } | ({"producer": {"client": client}} if client else {})
 
     def _topic(self, settings: Any, topic: str, cameras: int) -> None:
         from monitor.kafka_client import create_topics
 
         create_topics(settings, {topic: min(cameras, self.args.max_partitions)})
-
-    def _preload(self, settings: Any, topic: str, cameras: int, total: int) -> int:
-        """`total` frames as `cameras` cameras ticking together; each camera starts at its own frame."""
-        from monitor.ingest import FramePublisher
-        from monitor.kafka_client import make_producer
-        from monitor.replay import camera_ids
-        from monitor.wire import JPEG
-
-        ids = camera_ids(cameras, "cam")
-        producer = make_producer(settings)
-        publisher = FramePublisher(producer, topic)
-        start_ns = time.time_ns() - (total // cameras + 1) * CAMERA_INTERVAL_NS
-        sent = 0
-        for tick in range(total // cameras):
-            for number, camera in enumerate(ids):
-                payload = self.frames[(number * 97 + tick) % len(self.frames)]
-                publisher.send(camera, payload, JPEG, tick, start_ns + tick * CAMERA_INTERVAL_NS)
-                sent += 1
-        publisher.flush()
-        producer.close()
-        return sent
 
     def _live_send(self, settings: Any, topic: str, cameras: int, seconds: float, fps: float) -> int:
         """The cameras send `fps` frames/s in all for `seconds`, capture time = send time."""
@@ -280,20 +292,22 @@ class Bench:
         producer.close()
         return ticks * cameras
 
-    def run(self, broker: Any, variant: str, tree: Path, kind: str, round_no: int, cameras: int) -> Run:
+    def run(self, broker: Any, variant: Variant, kind: str, round_no: int, cameras: int) -> Run:
         from stream import ScoreReader, Service, _total
 
         from monitor.kafka_client import KafkaSettings
 
         self.runs += 1
-        name = f"{variant}-{kind}-{cameras}-{round_no}-{self.runs}"
+        name = f"{variant.name}-{kind}-{cameras}-{round_no}-{self.runs}".replace("+", "-")
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap, client_id="anomon-ceiling")
-        cfg = self._config(broker.bootstrap, name, "live" if kind == "live" else "replay")
+        cfg = self._config(broker.bootstrap, name, "live" if kind == "live" else "replay", variant.client)
         self._topic(settings, cfg["topics"]["frames"], cameras)
         total = self.args.frames
-        sent = 0 if kind == "live" else self._preload(settings, cfg["topics"]["frames"], cameras, total)
+        sent = (
+            0 if kind == "live" else preload(settings, cfg["topics"]["frames"], self.frames, cameras, total)
+        )
         command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
-        service = Service(cfg, self.work, command=command, tree=tree)
+        service = Service(cfg, self.work, command=command, tree=variant.tree)
         broker_pid = broker._process.pid
         profiler = None
         try:
@@ -348,8 +362,8 @@ class Bench:
         e2e = np.array([m.latency_ms.end_to_end for m in scores] or [float("nan")])
         service_us = (cpu1 - cpu0) / max(1, len(scores)) * 1e6
         return Run(
-            variant=variant,
-            commit=git_commit(tree),
+            variant=variant.name,
+            commit=git_commit(variant.tree),
             kind=kind,
             round=round_no,
             cameras=cameras,
@@ -389,6 +403,104 @@ class Bench:
                     break
                 time.sleep(0.5)  # scraping costs the cores the service runs on
         return metrics
+
+
+def client_costs(bootstrap: str, frames: list[bytes], records: int, partitions: int) -> list[dict[str, Any]]:
+    """What each Kafka client costs this process per record, on one broker: consuming `records`
+    pre-loaded frames from `partitions` partitions, and producing as many score-sized JSON records
+    keyed by camera, flushed every 8 as the service flushes each batch. kafka-python as the service
+    configures it, and confluent-kafka (librdkafka) with the same fetch wait and acks."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer
+    from confluent_kafka import TopicPartition as ConfluentPartition
+    from kafka import KafkaConsumer, TopicPartition
+
+    from monitor.kafka_client import ConsumerSettings, KafkaSettings, create_topics, make_producer
+
+    settings = KafkaSettings(bootstrap_servers=bootstrap, client_id="anomon-ceiling")
+    tuning = ConsumerSettings()
+    topic = "ceiling.clients.frames"
+    create_topics(settings, {topic: partitions})
+    sent = preload(settings, topic, frames, 16, records)
+    score = json.dumps({"schema": "anomon.score/1", "pad": "x" * 600}).encode()
+    rows = []
+
+    def timed(client: str, what: str, work: Any) -> None:
+        cpu, wall = time.process_time(), time.perf_counter()
+        count = work()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        rows.append(
+            {
+                "client": client,
+                "what": what,
+                "records": count,
+                "records_per_s": count / wall,
+                "cpu_us_per_record": cpu / count * 1e6,
+            }
+        )
+
+    def kafka_python_consume() -> int:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=tuning.fetch_max_wait_ms,
+            max_poll_records=tuning.max_poll_records,
+            max_partition_fetch_bytes=tuning.max_partition_fetch_bytes,
+        )
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        count = 0
+        while count < sent:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                count += sum(len(r.value) > 0 for r in batch)
+        consumer.close()
+        return count
+
+    def confluent_consume() -> int:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "ceiling-clients",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": tuning.fetch_max_wait_ms,
+            }
+        )
+        consumer.assign([ConfluentPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        count = 0
+        while count < sent:
+            for message in consumer.consume(num_messages=tuning.max_poll_records, timeout=1.0):
+                if message.error() is None:
+                    count += len(message.value() or b"") > 0 and message.headers() is not None
+        consumer.close()
+        return count
+
+    def kafka_python_produce() -> int:
+        producer = make_producer(settings)
+        for i in range(sent):
+            producer.send("ceiling.clients.scores", key=f"cam-{i % 16}".encode(), value=score)
+            if i % 8 == 7:
+                producer.flush()
+        producer.flush()
+        producer.close()
+        return sent
+
+    def confluent_produce() -> int:
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+        for i in range(sent):
+            producer.produce("ceiling.clients.scores", key=f"cam-{i % 16}".encode(), value=score)
+            if i % 8 == 7:
+                producer.flush()
+        producer.flush()
+        return sent
+
+    create_topics(settings, {"ceiling.clients.scores": 1})
+    for client, consume, produce in (
+        ("kafka-python", kafka_python_consume, kafka_python_produce),
+        ("confluent-kafka", confluent_consume, confluent_produce),
+    ):
+        timed(client, f"consume {np.mean([len(f) for f in frames]) / 1024:.0f} KB frames", consume)
+        timed(client, f"produce {len(score)} B records, flush every 8", produce)
+    return rows
 
 
 def _median(values: list[float]) -> float:
@@ -451,8 +563,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"The service's CPU per frame by stage (µs; py-spy at {PROFILE_RATE} Hz over a saturated run "
-            f"of {cameras} cameras, every thread, idle ones left out; `STAGES` in the script says "
-            "which frames make a stage):",
+            f"of {cameras} cameras, every thread, samples waiting (in a select, a lock, a future) left "
+            "out, split by the process's CPU time; `STAGES` in the script says which frames make a stage):",
             "",
             "| variant | " + " | ".join(STAGE_ORDER) + " | total | frames/s | samples |",
             "|---|" + "---|" * (len(STAGE_ORDER) + 3),
@@ -480,6 +592,20 @@ def markdown(report: dict[str, Any]) -> str:
                 + " | ".join(f"{wall[k]:.0f}" for k in STAGE_ORDER)
                 + f" | {sum(wall.values()):.0f} |"
             )
+    if report.get("clients"):
+        lines += [
+            "",
+            "The Kafka clients alone, in one process on the same broker (CPU of the process per record, "
+            "its background threads included):",
+            "",
+            "| client | what | records | records/s | CPU µs/record |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {c['client']} | {c['what']} | {c['records']} | {c['records_per_s']:.0f} | "
+                f"{c['cpu_us_per_record']:.0f} |"
+                for c in report["clients"]
+            ),
+        ]
     m = report["machine"]
     lines += [
         "",
@@ -511,6 +637,14 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a checkout of an earlier commit, run beside this one")
     parser.add_argument("--baseline-name", default="before")
     parser.add_argument("--name", default="after", help="this tree's variant name")
+    parser.add_argument(
+        "--confluent-producer",
+        action="store_true",
+        help="also this tree with producer.client: confluent-kafka (variant NAME+confluent)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=4800, help="records per client in the client comparison (0: none)"
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/service_ceiling.json"))
     args = parser.parse_args()
     if args.serve:
@@ -523,9 +657,11 @@ def main() -> None:
     from monitor.broker import EmbeddedBroker
 
     load_before = os.getloadavg()
-    variants = [(args.name, REPO)]
+    variants = [Variant(args.name, REPO)]
     if args.baseline is not None:
-        variants.insert(0, (args.baseline_name, args.baseline.resolve()))
+        variants.insert(0, Variant(args.baseline_name, args.baseline.resolve()))
+    if args.confluent_producer:
+        variants.append(Variant(f"{args.name}+confluent", REPO, "confluent-kafka"))
     work = Path(tempfile.mkdtemp(prefix="anomon-ceiling-"))
     frames = load_frames(Path(args.data))
     bench = Bench(args, frames, work)
@@ -541,15 +677,19 @@ def main() -> None:
         for step, (round_no, cameras, kind) in enumerate(plan):
             # A broker per step: it never holds enough record batches to slow down (monitor/broker.py).
             with EmbeddedBroker(log_path=work / f"tansu-{round_no}-{cameras}-{kind}.log") as broker:
-                # Alternated: neither variant always runs first on a fresh broker.
-                for variant, tree in variants if step % 2 == 0 else variants[::-1]:
-                    run = bench.run(broker, variant, tree, kind, round_no, cameras)
+                # Rotated: no variant always runs first on a fresh broker.
+                for variant in variants[step % len(variants) :] + variants[: step % len(variants)]:
+                    run = bench.run(broker, variant, kind, round_no, cameras)
                     runs.append(run)
                     tqdm.write(
-                        f"{variant} {kind} {cameras} cameras round {round_no}: {run.fps:.0f} frames/s, "
+                        f"{variant.name} {kind} {cameras} cameras round {round_no}: {run.fps:.0f} frames/s, "
                         f"{run.service_cpu_us_per_frame:.0f} µs/frame, p99 {run.e2e_p99_ms:.0f} ms"
                     )
                     bar.update()
+    clients: list[dict[str, Any]] = []
+    if args.clients:
+        with EmbeddedBroker(log_path=work / "tansu-clients.log") as broker:
+            clients = client_costs(broker.bootstrap, frames, args.clients, args.max_partitions)
     report = {
         **run_record(),
         "machine": {
@@ -567,8 +707,9 @@ def main() -> None:
             "frame_bytes_mean": float(np.mean([len(f) for f in frames])),
         },
         "targets": {"fps_at_16_cameras": 2000},
-        "summary": summarize(runs, [v for v, _ in variants]),
+        "summary": summarize(runs, [v.name for v in variants]),
         "runs": [asdict(r) for r in runs],
+        "clients": clients,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
