@@ -57,8 +57,11 @@ STAGES: dict[tuple[str, str], str] = {
     ("kafka/net/selector.py", "NetworkSelector.run_forever"): "poll",  # the consumer's network thread
     ("kafka/consumer/fetcher.py", "Fetcher.fetch_records"): "poll",
     ("monitor/intake.py", "Intake.take"): "decode",  # parsing records, handing them to the decode pool
+    ("monitor/intake.py", "Intake.start"): "decode",
+    ("monitor/intake.py", "Intake.finish"): "decode",  # waiting for the decode pool (pairing: below)
     ("monitor/frames.py", "parse_record"): "decode",
     ("monitor/intake.py", "Intake.take.<locals>.decode"): "decode",
+    ("monitor/intake.py", "Intake._decode"): "decode",
     ("monitor/frames.py", "decode_frame"): "decode",
     ("monitor/intake.py", "Intake._model_input"): "pair",
     ("model/data.py", "resize_frame"): "pair",
