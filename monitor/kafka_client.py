@@ -298,7 +298,8 @@ class ConfluentProducer:
                 self._producer.produce(topic, **record)
         except self._errors as err:
             raise KafkaError(f"cannot send to topic {topic}: {err}") from err
-        self._producer.poll(0)  # serve the acknowledgements that came meanwhile
+        # No poll(0) here to serve acknowledgements: it releases the GIL, and taking it back behind the
+        # consumer's and decoders' threads cost the main thread more than the send; flush serves them.
         return future
 
     def flush(self, timeout: float | None = None) -> None:
