@@ -116,6 +116,16 @@ def _thumbnails_headline(data: dict[str, Any]) -> str:
     )
 
 
+def _service_ceiling_headline(data: dict[str, Any]) -> str:
+    at16 = ", ".join(
+        f"{variant} **{v['cameras']['16']['fps']:.0f}**"
+        for variant, v in data["summary"].items()
+        if "16" in v["cameras"]
+    )
+    goal = data["targets"]["fps_at_16_cameras"]
+    return f"instant model, 16 cameras, saturated frames/s: {at16} (goal {goal}, median of rounds)"
+
+
 def _reliability_headline(data: dict[str, Any]) -> str:
     phases = data["phases"]
     parts = []
@@ -223,6 +233,16 @@ BENCHMARKS = (
         "the model's time per frame.",
         lambda _: f"python benchmarks/thumbnails.py {PED2} --rounds 5",
         _thumbnails_headline,
+    ),
+    Benchmark(
+        "service_ceiling",
+        "The service's own ceiling",
+        "`anomon run` with an instant runtime (zeros of the model's shapes) behind an embedded broker, "
+        "Ped2 JPEGs pre-loaded as 1, 4, 16 and 64 cameras: sustained frames/s, the service's and the "
+        "broker's CPU per frame, live p99 and a py-spy profile by stage (poll, decode, pair, state, "
+        "publish, commit); an earlier commit side by side, run by run.",
+        lambda _: f"python benchmarks/service_ceiling.py {PED2} --rounds 3 --frames 4800 --live-fps 200",
+        _service_ceiling_headline,
     ),
     Benchmark(
         "reliability",

@@ -135,21 +135,31 @@ def cli_export(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
 
 
 class Service:
-    """`anomon run` as a subprocess with its metrics endpoint on a known port."""
+    """`anomon run` as a subprocess with its metrics endpoint on a known port.
 
-    def __init__(self, config: dict[str, Any], work: Path) -> None:
+    Args:
+        config: the service configuration (its `http` section is set here).
+        work: where the config file and the log go.
+        command: what runs it, given `--config FILE` after it; default `python -m monitor.cli run`.
+        tree: the source tree it imports (PYTHONPATH); default this repository.
+    """
+
+    def __init__(
+        self, config: dict[str, Any], work: Path, command: list[str] | None = None, tree: Path = REPO
+    ) -> None:
         self.port = _free_port()
         config = {**config, "http": {"port": self.port}}
         path = work / f"run-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = (work / f"{path.stem}.log").open("w")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        command = command or [sys.executable, "-m", "monitor.cli", "run"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "run", "--config", str(path)],
+            [*command, "--config", str(path)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=REPO,
+            cwd=tree,
         )
 
     def get(self, path: str) -> tuple[int, str]:

@@ -13,6 +13,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from monitor import wire
 from monitor.frames import ConsumedRecord, FrameError, dead_letter
+from monitor.kafka_client import ConfluentProducer
 from monitor.metrics import ServiceMetrics, ServiceStats
 from monitor.webhooks import AlertWebhooks
 
@@ -46,7 +47,7 @@ class Publisher:
 
     def __init__(
         self,
-        producer: KafkaProducer,
+        producer: KafkaProducer | ConfluentProducer,
         topics: wire.Topics,
         metrics: ServiceMetrics,
         stats: ServiceStats,

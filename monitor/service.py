@@ -1,11 +1,12 @@
 """The consume-score-publish service (`anomon run`): the Kafka loop.
 
-One cycle: poll a micro-batch across cameras, take it in (`monitor.intake`: parse, decode, pair),
-hand it to the model threads (`monitor.scoring`), then finish the batches the models are done with,
-oldest first: update each camera's state (`monitor.cameras`), publish scores and alert events,
-flush (`monitor.publishing`), and only then commit their offsets (at least once). So the models
-score batch N+1 while batch N is published and committed, and while batch N+2 is polled and decoded
-(`batching.overlap`; off, each batch is finished before the next is polled). With several model
+One cycle: poll a micro-batch across cameras and start taking it in (`monitor.intake`: parse, then
+decode on a thread pool); meanwhile finish the batches the models are done with, oldest first:
+update each camera's state (`monitor.cameras`), publish scores and alert events, flush
+(`monitor.publishing`), and only then commit their offsets (at least once); then pair the new frames
+and hand them to the model threads (`monitor.scoring`). So the models score batch N+1 while batch N
+is published and committed, and while batch N+2 is polled and decoded (`batching.overlap`; off,
+each batch is finished before the next is polled). With several model
 workers (`model.workers`; auto: two on a CPU), up to that many batches are scored at once, and a
 batch that finds models idle is split between them.
 """
@@ -38,7 +39,7 @@ from model.runtime import Availability, choose_backend, open_runtime
 from model.runtime.base import Runtime
 from monitor.cameras import Cameras
 from monitor.config import ServiceConfig
-from monitor.intake import Intake
+from monitor.intake import Intake, Intaking
 from monitor.kafka_client import (
     KafkaUnavailableError,
     create_topics,
@@ -67,6 +68,7 @@ STALL_SECONDS = 15.0  # records waiting but none polled for this long: the consu
 STALL_MAX_SECONDS = 600.0  # a reconnect that did not help doubles the wait before the next, up to this
 HOUSEKEEPING_SECONDS = 10.0  # how often reference cycles are collected and freed pages handed back
 STALL_CHECK_SECONDS = 0.5  # how often cameras are checked for silence
+LAG_SECONDS = 1.0  # how often the consumer lag gauges are updated while records come
 
 
 def _split(records: list[Any], parts: int) -> list[list[Any]]:
@@ -159,6 +161,7 @@ class MonitorService:
         self._checked = 0.0  # time.monotonic() of the last broker check
         self._rewind_owed = False  # a Kafka error left uncommitted frames behind: seek back first
         self._stall_checked = 0.0  # time.monotonic() of the last check for silent cameras
+        self._lag_updated = 0.0  # time.monotonic() of the last consumer lag update
 
     # --- one cycle ---------------------------------------------------------------------------------
 
@@ -180,14 +183,16 @@ class MonitorService:
             self.stats.cycles += 1
             # Models with nothing to do (low load) share the batch, so that its frames wait for the
             # model about as briefly as on one model with all the threads.
-            for part in _split(records, self.workers - self._busy_models()):
-                self._inflight.append(self._take_in(part))
+            parts = [
+                (part, self.intake.start(part))
+                for part in _split(records, self.workers - self._busy_models())
+            ]
+            self._finish_scored()  # while the new frames decode
+            for part, intaking in parts:
+                self._inflight.append(self._take_in(part, intaking))
         else:  # nothing new came: the oldest batch is scored (or the stream went quiet)
             self._finish(self._inflight.popleft())
-        # Then every batch the models are done with, oldest first, and the oldest while more are in
-        # flight than there are models (waiting for it).
-        while self._inflight and (self._inflight[0].scored or len(self._inflight) > self.workers):
-            self._finish(self._inflight.popleft())
+        self._finish_scored()
         if not self.cfg.batching.overlap:
             self._drain()
         self._update_lag()
@@ -197,11 +202,17 @@ class MonitorService:
         self.metrics.busy_seconds.inc(time.perf_counter() - started)
         return True
 
-    def _take_in(self, records: list[Any]) -> InFlight:
-        """Intake (bad records to the dead-letter topic, thumbnails of cameras without a model to the
+    def _finish_scored(self) -> None:
+        """Finish every batch the models are done with, oldest first, and the oldest while more are in
+        flight than there are models (waiting for it)."""
+        while self._inflight and (self._inflight[0].scored or len(self._inflight) > self.workers):
+            self._finish(self._inflight.popleft())
+
+    def _take_in(self, records: list[Any], intaking: Intaking) -> InFlight:
+        """Intake done (bad records to the dead-letter topic, thumbnails of cameras without a model to the
         thumbnails topic), then the frames to the model threads."""
         assert self.publisher is not None
-        taken = self.intake.take(records)
+        taken = self.intake.finish(intaking)
         self.stats.consumed += taken.consumed
         self.stats.dropped += taken.dropped
         self.stats.learning += taken.learning
@@ -252,7 +263,8 @@ class MonitorService:
 
     def _poll_batch(self, oldest: InFlight | None, spare: bool) -> list[Any]:
         """Up to max_batch records across partitions; returns early once the oldest batch in flight
-        is scored, so that it is published without delay.
+        is scored, so that it is published without delay, with what had arrived by then (those decode
+        while it is published).
 
         Every model busy (not spare): gather until the oldest is scored (its inference is the
         batching window). Otherwise wait for a first record, then at most max_wait_ms for more.
@@ -264,9 +276,12 @@ class MonitorService:
         got: list[Any] = []
         deadline: float | None = None
         while len(got) < batching.max_batch:
-            if oldest is not None and oldest.scored:
+            scored = oldest is not None and oldest.scored
+            if scored and got:
                 break
-            if deadline is None:
+            if scored:
+                wait_ms = 0.0  # the oldest is published next: only what is here already, no waiting
+            elif deadline is None:
                 wait_ms = float(IDLE_POLL_MS if oldest is None else BUSY_POLL_MS)
             else:
                 wait_ms = max(0.0, (deadline - time.monotonic()) * 1e3)
@@ -277,6 +292,8 @@ class MonitorService:
                 got = []
             for batch in polled.values():
                 got.extend(batch)
+            if scored:
+                break
             if not spare:
                 continue
             if got and deadline is None:
@@ -288,7 +305,13 @@ class MonitorService:
         return got
 
     def _update_lag(self) -> None:
+        """The consumer lag gauges, every LAG_SECONDS (reading every partition's position each cycle
+        cost 5-8% of a busy service's main thread)."""
         assert self._consumer is not None
+        now = time.monotonic()
+        if now - self._lag_updated < LAG_SECONDS:
+            return
+        self._lag_updated = now
         for tp in self.assigned:
             highwater = self._consumer.highwater(tp)
             if highwater is not None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from model.data import resize_frame
 from monitor.config import IntakeSettings
 from monitor.intake import Intake
 from monitor.metrics import ServiceMetrics
@@ -89,3 +91,39 @@ def test_a_forgotten_camera_starts_a_new_pair(model: LoadedModel) -> None:
     intake.take([record(index=0)])
     intake.forget("gate-1")
     assert _paired_with_itself(intake.take([record(index=1)]).frames[0].model_input)
+
+
+def _reference_inputs(model: LoadedModel, records: list) -> list[np.ndarray]:
+    """Each frame's model input the plain way, one after another: decode, resize, stack with the
+    camera's previous frame as resized (itself for a camera's first frame)."""
+    spec = model.spec
+    previous: dict[bytes, np.ndarray] = {}
+    out = []
+    for r in records:
+        image = cv2.imdecode(np.frombuffer(r.value, np.uint8), cv2.IMREAD_GRAYSCALE)
+        current = resize_frame(image, spec)
+        out.append(np.concatenate([current, previous.get(r.key, current)], axis=0))
+        previous[r.key] = current
+    return out
+
+
+def test_batches_started_before_earlier_ones_finish_give_the_inputs_of_one_batch_after_another(
+    model: LoadedModel,
+) -> None:
+    # As the service runs it: batch B decodes while batch A is finished (published); pairing
+    # follows the order the batches were started in.
+    assert not model.spec.color and model.spec.motion
+    records = [record(camera=f"cam-{i % 3}", index=i, offset=i) for i in range(12)]
+    intake, _ = _intake(model, mode="replay")
+    first, second = intake.start(records[:5]), intake.start(records[5:])
+    frames = intake.finish(first).frames + intake.finish(second).frames
+    assert [f.record.offset for f in frames] == list(range(12))
+    reference = _reference_inputs(model, records)
+    assert all(np.array_equal(f.model_input, ref) for f, ref in zip(frames, reference, strict=True))
+    # The same as the whole as one batch on a fresh intake.
+    whole = _intake(model, mode="replay")[0].take(records).frames
+    assert all(np.array_equal(a.model_input, b.model_input) for a, b in zip(frames, whole, strict=True))
+    assert all(
+        np.array_equal(f.image, cv2.imdecode(np.frombuffer(r.value, np.uint8), 0))
+        for f, r in zip(frames, records, strict=True)
+    )

@@ -18,7 +18,9 @@ from monitor.kafka_client import (
     PASSWORD_ENV,
     ConsumerSettings,
     KafkaSettings,
+    KafkaUnavailableError,
     ProducerSettings,
+    librdkafka_config,
     load_kafka_settings,
     make_consumer,
     make_producer,
@@ -59,6 +61,35 @@ def test_sasl_ssl_kwargs_carry_the_secret_but_nothing_prints_it(ca_file: Path) -
     assert kwargs["ssl_check_hostname"] is False
     for text in (repr(settings), str(settings), settings.model_dump_json()):
         assert "hunter2" not in text
+
+
+def test_sasl_ssl_settings_in_librdkafka_names(ca_file: Path) -> None:
+    settings = KafkaSettings(
+        bootstrap_servers="kafka:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="anomon",
+        sasl_plain_password="hunter2-secret",
+        ssl_cafile=ca_file,
+        ssl_check_hostname=False,
+    )
+    assert librdkafka_config(settings) == {
+        "bootstrap.servers": "kafka:9093",
+        "client.id": "anomon",
+        "security.protocol": "sasl_ssl",
+        "socket.connection.setup.timeout.ms": 10_000,
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "anomon",
+        "sasl.password": "hunter2-secret",
+        "ssl.ca.location": str(ca_file),
+        "ssl.endpoint.identification.algorithm": "none",
+    }
+
+
+def test_a_confluent_producer_without_a_broker_is_one_line_naming_the_address() -> None:
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9", connect_timeout_ms=1000)
+    with pytest.raises(KafkaUnavailableError, match=r"cannot reach Kafka at 127\.0\.0\.1:9 .*--bootstrap"):
+        make_producer(settings, ProducerSettings(client="confluent-kafka"))
 
 
 def test_password_comes_from_a_file_then_the_environment(

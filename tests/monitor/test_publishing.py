@@ -4,16 +4,27 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from monitor import wire
-from monitor.frames import FrameError
-from monitor.kafka_client import KafkaSettings, make_producer
+from monitor.frames import FrameError, dead_letter
+from monitor.kafka_client import KafkaSettings, ProducerSettings, make_producer
 from monitor.metrics import ServiceMetrics, ServiceStats
 from monitor.publishing import Publisher, offsets_after
 from monitor.wire import HEADER_ERROR, Reason, Topics
 from tests.monitor.conftest import RecordReader, TopicFactory
 from tests.monitor.parts import record
+
+
+def test_a_flush_with_records_still_unacknowledged_raises(kafka_settings: KafkaSettings) -> None:
+    # confluent-kafka's flush returns what is left; the service counts on an error, as kafka-python's.
+    producer = make_producer(kafka_settings, ProducerSettings(client="confluent-kafka"))
+    producer.send("anomon.test.unacknowledged", key=b"cam", value=b"x" * 1000)
+    with pytest.raises(KafkaTimeoutError, match="not acknowledged"):
+        producer.flush(timeout=0)
+    producer.close()
 
 
 def test_offsets_after_are_one_past_the_last_record_of_each_partition() -> None:
@@ -41,8 +52,9 @@ def _score(camera: str, index: int) -> wire.ScoreMessage:
     )
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_scores_and_dead_letters_are_on_their_topics_after_a_flush(
-    kafka_settings: KafkaSettings, new_topic: TopicFactory, read_records: RecordReader
+    kafka_settings: KafkaSettings, new_topic: TopicFactory, read_records: RecordReader, client: str
 ) -> None:
     topics = Topics(
         frames=new_topic(1, ".frames"),
@@ -51,17 +63,23 @@ def test_scores_and_dead_letters_are_on_their_topics_after_a_flush(
         dead_letters=new_topic(1, ".dlq"),
     )
     metrics, stats = ServiceMetrics(), ServiceStats()
-    publisher = Publisher(make_producer(kafka_settings), topics, metrics, stats, flush_timeout_s=10)
+    producer = make_producer(kafka_settings, ProducerSettings(client=client))
+    publisher = Publisher(producer, topics, metrics, stats, flush_timeout_s=10)
+    sent = [_score("cam", 0), _score("cam", 1)]
+    bad = record(index=7, value=b"junk")
+    error = FrameError(Reason.UNDECODABLE, "not an image")
     try:
-        publisher.scores([_score("cam", 0), _score("cam", 1)], [0.0, 0.0])
-        bad = record(index=7, value=b"junk")
-        publisher.dead_letter(bad, FrameError(Reason.UNDECODABLE, "not an image"))
+        publisher.scores(sent, [0.0, 0.0])
+        publisher.dead_letter(bad, error)
         publisher.flush()
     finally:
         publisher.close()
-    scores = [wire.ScoreMessage.model_validate_json(r.value) for r in read_records(topics.scores, 2)]
-    assert [(s.camera_id, s.frame_index) for s in scores] == [("cam", 0), ("cam", 1)]
+    # Either client: the records are the bytes the wire module encodes, keyed by camera.
+    scores = read_records(topics.scores, 2)
+    assert [(r.key, r.value) for r in scores] == [(b"cam", wire.encode(m)) for m in sent]
     (letter,) = read_records(topics.dead_letters, 1)
-    assert letter.value == b"junk" and dict(letter.headers)[HEADER_ERROR] == b"undecodable"
+    expected = dead_letter(bad, error)
+    assert (letter.key, letter.value, letter.timestamp) == (expected.key, b"junk", bad.timestamp)
+    assert letter.headers == expected.headers and dict(letter.headers)[HEADER_ERROR] == b"undecodable"
     assert stats.dead_letters == 1
     assert metrics.end_to_end_seconds._sum.get() > 0  # observed once flushed

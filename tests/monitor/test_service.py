@@ -142,6 +142,7 @@ def test_a_ped2_clip_is_scored_once_per_frame_in_order_and_alerts_on_the_anomaly
     assert boxed and hits / len(boxed) >= 0.5, f"{hits} of {len(boxed)} anomalous frames boxed on the mask"
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_bad_records_go_to_the_dead_letter_topic_and_scoring_goes_on(
     tiny_artifact: Path,
     ped2_like: Path,
@@ -149,9 +150,11 @@ def test_bad_records_go_to_the_dead_letter_topic_and_scoring_goes_on(
     kafka_settings: KafkaSettings,
     service_topics: TopicsFactory,
     read_records: RecordReader,
+    client: str,
 ) -> None:
     topics = service_topics(1)
-    cfg = service_config(kafka_bootstrap, topics, tiny_artifact, **{"intake.max_frame_bytes": 8192})
+    overrides = {"intake.max_frame_bytes": 8192, "producer.client": client}
+    cfg = service_config(kafka_bootstrap, topics, tiny_artifact, **overrides)
     good = [p.read_bytes() for p in sorted((ped2_like / "test" / "01").glob("*.jpg"))[:12]]
     assert max(len(g) for g in good) < 8192
     jpeg, ts = "image/jpeg", 1_700_000_000_000_000_000
