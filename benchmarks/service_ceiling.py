@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -719,6 +720,7 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+    shutil.rmtree(work, ignore_errors=True)  # configs, logs, raw profiles; kept when a run fails
 
 
 if __name__ == "__main__":
