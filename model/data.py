@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +105,13 @@ def read_video(path: Path, spec: InputSpec) -> Clip:
 
 def is_ped2_root(path: Path) -> bool:
     """True for a folder in the UCSD Ped2 layout (train/, test/, labels.json)."""
-    return (path / "train").is_dir() and (path / "test").is_dir() and (path / "labels.json").is_file()
+    return (path / "train").is_dir() and is_labelled_root(path)
+
+
+def is_labelled_root(path: Path) -> bool:
+    """True for a benchmark folder: test/ clip folders with their frame labels in labels.json (and
+    train/ when the benchmark has normal training clips: UCSD Ped2; UCSD Ped1-dev has none)."""
+    return (path / "test").is_dir() and (path / "labels.json").is_file()
 
 
 def _clip_dirs(folder: Path) -> list[Path]:
@@ -113,8 +121,8 @@ def _clip_dirs(folder: Path) -> list[Path]:
 def load_clips(path: str | Path, spec: InputSpec, split: str = "train") -> list[Clip]:
     """Load every clip under `path`.
 
-    Accepts a Ped2 root (uses `split`, attaches labels and masks for the test split), a folder of
-    frame folders, a single frame folder, a video file or a folder of video files.
+    Accepts a benchmark root (`is_labelled_root`: uses `split`, attaches labels and masks for the test
+    split), a folder of frame folders, a single frame folder, a video file or a folder of video files.
 
     Raises:
         DataError: the path does not exist or holds no frames.
@@ -130,9 +138,14 @@ def load_clips(path: str | Path, spec: InputSpec, split: str = "train") -> list[
         return [read_video(root, spec)]
     labels: dict[str, list[int]] = {}
     masks_root: Path | None = None
-    if is_ped2_root(root):
+    if is_labelled_root(root):
         if split not in ("train", "test"):
             raise DataError(f"split must be train or test, not {split!r}")
+        if not (root / split).is_dir():
+            raise DataError(
+                f"{root} has no {split}/ split (a benchmark root with test/ and labels.json only): "
+                "give the normal footage's folder to train on"
+            )
         if split == "test":
             labels = json.loads((root / "labels.json").read_text())
             masks_root = root / "masks" if (root / "masks").is_dir() else None
@@ -154,3 +167,60 @@ def load_clips(path: str | Path, spec: InputSpec, split: str = "train") -> list[
     if not clips:
         raise DataError(f"no frames found under {root} (expected image folders or video files)")
     return clips
+
+
+HOLDOUT_MIN_FRAMES = 50
+"""Frames `split_holdout` holds out at least while they are at most a quarter of the footage: twice a
+calibration's minimum, so that little footage still gets a threshold with a moderate margin."""
+HOLDOUT_SEGMENT_FRAMES = 20
+"""Length of one held-out segment (2 s at 10 frames/s): long enough for the causal smoothing window."""
+
+
+def holdout_size(total: int, fraction: float) -> int:
+    """Frames `split_holdout` holds out of `total`: `fraction` of them, and at least HOLDOUT_MIN_FRAMES
+    while that is at most a quarter of the footage; none when fraction is 0."""
+    if fraction <= 0 or total < 2:
+        return 0
+    return min(total - 1, max(1, math.ceil(fraction * total), min(HOLDOUT_MIN_FRAMES, total // 4)))
+
+
+def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
+    """Hold out `holdout_size` frames of the footage to calibrate on, as
+    segments of about HOLDOUT_SEGMENT_FRAMES spread evenly over the footage in its order: every part
+    of the recording, its quiet and its busy times, is in the hold-out in proportion.
+
+    Held-out segments and the training footage between them are separate clips, so no motion pair
+    crosses a cut.
+    """
+    total = sum(len(c.frames) for c in clips)
+    held = holdout_size(total, fraction)
+    if held == 0:
+        return clips, []
+    segments = max(1, round(held / HOLDOUT_SEGMENT_FRAMES))
+    mask = np.zeros(total, dtype=bool)
+    for k in range(segments):  # segment k is centred on the k-th of `segments` equal stretches
+        length = held // segments + (1 if k < held % segments else 0)
+        start = min(total - length, max(0, (2 * k + 1) * total // (2 * segments) - length // 2))
+        mask[start : start + length] = True
+    fit: list[Clip] = []
+    holdout: list[Clip] = []
+    start = 0
+    for clip in clips:
+        flags = mask[start : start + len(clip.frames)]
+        start += len(clip.frames)
+        cuts = [0, *(np.flatnonzero(np.diff(flags)) + 1).tolist(), len(flags)]
+        for a, b in itertools.pairwise(cuts):
+            piece = clip if (a, b) == (0, len(flags)) else _piece(clip, a, b)
+            (holdout if flags[a] else fit).append(piece)
+    return fit, holdout
+
+
+def _piece(clip: Clip, start: int, stop: int) -> Clip:
+    """Frames [start, stop) of a clip as a clip of its own, named after where it lies."""
+    return Clip(
+        name=f"{clip.name}[{start}:{stop}]",
+        frames=clip.frames[start:stop],
+        labels=None if clip.labels is None else clip.labels[start:stop],
+        mask_paths=None if clip.mask_paths is None else clip.mask_paths[start:stop],
+        source_size=clip.source_size,
+    )

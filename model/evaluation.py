@@ -62,6 +62,28 @@ def live_scores(raw: np.ndarray, calibration: Calibration | None, smoothing_fram
     return causal_smooth(scores, smoothing_frames)
 
 
+def operating_point(
+    labels: list[np.ndarray],
+    raw: list[np.ndarray],
+    smoothed: list[np.ndarray],
+    calibration: Calibration,
+) -> dict[str, float]:
+    """What the calibrated threshold does on labelled frames: the share of normal frames flagged (the
+    false-alarm rate an operator sees, to compare with the rate asked for) and of anomalous frames
+    flagged (hit rate), for the raw score against the threshold and for the monitor's rule (the
+    smoothed calibrated score above 0.5)."""
+    y = np.concatenate(labels).astype(bool)
+    flagged_raw = np.concatenate(raw) > calibration.threshold
+    flagged = np.concatenate(smoothed) > 0.5
+    return {
+        "requested_false_alarm_rate": calibration.false_alarm_rate,
+        "false_alarm_rate_raw": float(flagged_raw[~y].mean()) if (~y).any() else float("nan"),
+        "hit_rate_raw": float(flagged_raw[y].mean()) if y.any() else float("nan"),
+        "false_alarm_rate_smoothed": float(flagged[~y].mean()) if (~y).any() else float("nan"),
+        "hit_rate_smoothed": float(flagged[y].mean()) if y.any() else float("nan"),
+    }
+
+
 def evaluate_clips(
     scorer: nn.Module | Runtime,
     cfg: ExperimentConfig,
@@ -83,7 +105,7 @@ def evaluate_clips(
     """
     labelled = [c for c in clips if c.labels is not None]
     if not labelled:
-        raise DataError("evaluation needs labelled clips (a Ped2 root with labels.json)")
+        raise DataError("evaluation needs labelled clips (a benchmark root with test/ and labels.json)")
     labels, raw_scores, smoothed, pixel_scores, pixel_truth = [], [], [], [], []
     inference_seconds, frames = 0.0, 0
     for clip in tqdm(labelled, desc="evaluating clips", unit="clip"):
@@ -107,6 +129,8 @@ def evaluate_clips(
     result["pixel_auroc"] = (
         auroc(np.concatenate(pixel_truth), np.concatenate(pixel_scores)) if pixel_truth else float("nan")
     )
+    if calibration is not None:
+        result.update(operating_point(labels, raw_scores, smoothed, calibration))
     result["fps"] = frames / inference_seconds
     result["frames"] = frames
     result["clips"] = len(labelled)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -22,7 +21,7 @@ from model.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from model.config import AnoMemConfig, ConfigError, ExperimentConfig, parse_config, same_training, set_dotted
 from model.daad import train as daad_train
 from model.daad.model import DAAD
-from model.data import Clip, load_clips, with_motion
+from model.data import Clip, load_clips, split_holdout, with_motion
 
 AnomalyModel = AnoMem | DAAD
 
@@ -66,14 +65,6 @@ def fingerprint(clips: list[Clip]) -> str:
         digest.update(clip.name.encode())
         digest.update(clip.frames.tobytes())
     return digest.hexdigest()
-
-
-def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[Clip]]:
-    """Hold out the last clips (at least one when fraction > 0 and there are two or more) for calibration."""
-    if fraction <= 0 or len(clips) < 2:
-        return clips, []
-    n = min(len(clips) - 1, max(1, math.ceil(fraction * len(clips))))
-    return clips[:-n], clips[-n:]
 
 
 @torch.no_grad()

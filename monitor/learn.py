@@ -10,7 +10,8 @@
    (`RunSampler`): a motion model learns from pairs one frame interval apart, so a capture gap, a
    left-out alert or an unreadable frame ends a run, and frames of a faster camera between the kept
    ones are skipped. Unreadable frames are counted and skipped.
-4. Train on all but the last `train.holdout_fraction` of the footage, calibrate on that tail,
+4. Train on the footage but the segments spread over it that `model.pipeline.split_holdout` holds
+   out (`train.holdout_fraction`), calibrate on those,
    export for the backend that will serve it, and add the result to the model store. Everything is
    written in a temporary folder first; the store's add is atomic, so an interrupted learn leaves the
    store as it was.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import math
 import re
 import tempfile
 import time
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from model.calibration import MIN_FRAMES as MIN_CALIBRATION_FRAMES
 from model.config import ExperimentConfig, InputSpec
-from model.data import Clip, resize_frame
+from model.data import Clip, holdout_size, resize_frame, split_holdout
 from monitor.frames import MAX_PIXELS, FrameError, decode_frame, parse_record
 from monitor.kafka_client import ConsumerSettings, KafkaSettings, KafkaUnavailableError, make_consumer
 from monitor.store import ModelStore, StoreEntry
@@ -93,24 +93,19 @@ def parse_since(text: str, now: dt.datetime | None = None) -> int | None:
 def minimum_frames(cfg: ExperimentConfig) -> int:
     """The least footage (frames at the model's rate) training and calibration can work with.
 
-    The held-out tail (`train.holdout_fraction`, at least one frame) needs MIN_CALIBRATION_FRAMES
-    frames, and what is left one training batch (`train.batch_size`); without a tail, calibration
-    uses the training frames.
+    The hold-out (`model.pipeline.holdout_size`) needs MIN_CALIBRATION_FRAMES frames, and what is left
+    one training batch (`train.batch_size`); without a hold-out, calibration uses the training frames.
     """
     fraction, batch = cfg.train.holdout_fraction, cfg.train.batch_size
     if fraction <= 0:
         return max(batch, MIN_CALIBRATION_FRAMES)
-    total = max(batch + MIN_CALIBRATION_FRAMES, math.ceil(MIN_CALIBRATION_FRAMES / fraction))
-    while holdout_frames(total, fraction) < MIN_CALIBRATION_FRAMES or (
-        total - holdout_frames(total, fraction) < batch
+    total = batch + MIN_CALIBRATION_FRAMES
+    while (
+        holdout_size(total, fraction) < MIN_CALIBRATION_FRAMES
+        or total - holdout_size(total, fraction) < batch
     ):
         total += 1
     return total
-
-
-def holdout_frames(total: int, fraction: float) -> int:
-    """Frames of the held-out tail of `total` frames (none when `fraction` is 0)."""
-    return 0 if fraction <= 0 else max(1, math.ceil(fraction * total))
 
 
 def target_frames(frames: int | None, minutes: float | None, spec: InputSpec) -> int:
@@ -410,25 +405,9 @@ class Footage:
         return sum(feedback.is_false_alarm(ts) for run in self.runs for ts in run.capture_ns)
 
     def split(self, fraction: float) -> tuple[list[Clip], list[Clip]]:
-        """Clips to train on, and the held-out tail (the last `fraction` of the frames) to calibrate on.
-
-        A run the cut falls in is split there. Call it once every run has ended (`end_run`).
-        """
-        held = holdout_frames(self.frames, fraction)
-        fit: list[Clip] = []
-        tail: list[Clip] = []
-        remaining = self.frames - held  # frames still to go to the training clips
-        for run in self.runs:
-            n = len(run.frames)
-            if remaining >= n:
-                fit.append(run.clip(self.camera))
-            elif remaining > 0:
-                fit.append(run.clip(self.camera, 0, remaining))
-                tail.append(run.clip(self.camera, remaining))
-            else:
-                tail.append(run.clip(self.camera))
-            remaining -= n
-        return fit, tail
+        """Clips to train on, and the held-out segments to calibrate on (`split_holdout` over the runs
+        in capture order). Call it once every run has ended (`end_run`)."""
+        return split_holdout([run.clip(self.camera) for run in self.runs], fraction)
 
     @property
     def seconds(self) -> float:
@@ -561,7 +540,7 @@ class LearnReport:
             f"false alarms: {fb.count('false_alarm')}, their {self.false_alarm_frames} frames kept as "
             "normal footage"
             + (f"; {fb.unreadable} unreadable feedback records skipped" if fb.unreadable else ""),
-            f"trained on {self.fit_frames} frames, calibrated on the last {self.holdout_frames}: threshold "
+            f"trained on {self.fit_frames} frames, calibrated on {self.holdout_frames} held out: threshold "
             f"{self.threshold:.4f}",
         ]
         what = "checkpoint" if self.precision is None else f"{self.precision} export"
@@ -647,7 +626,7 @@ def learn(
         raise FootageError(
             f"{target} frames is too little for this config: at least {needed} "
             f"({_duration(needed / cfg.input.fps)} at {cfg.input.fps:g} fps), "
-            f"{holdout_frames(needed, cfg.train.holdout_fraction)} of them held out to calibrate "
+            f"{holdout_size(needed, cfg.train.holdout_fraction)} of them held out to calibrate "
             f"(train.holdout_fraction {cfg.train.holdout_fraction:g}); ask for --frames {needed} or more"
         )
     served_by, precision = export_choice(backend, precision)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from model.config import InputSpec
-from model.data import DataError, load_clips, with_motion
+from model.data import Clip, DataError, holdout_size, load_clips, split_holdout, with_motion
 
 
 def test_ped2_layout_gives_labels_masks_and_model_size(ped2_like: Path) -> None:
@@ -56,3 +56,42 @@ def test_unreadable_paths_raise_data_errors(tmp_path: Path) -> None:
     (tmp_path / "bad" / "000.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DataError, match="cannot decode"):
         load_clips(tmp_path / "bad", InputSpec())
+
+
+def _clips(*lengths: int) -> list[Clip]:
+    return [
+        Clip(name=f"{i:02d}", frames=np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1))
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_the_hold_out_is_spread_over_the_footage_not_its_last_clips() -> None:
+    clips = _clips(*[120] * 16)  # Ped2's train/ is 16 clips
+    fit, held = split_holdout(clips, 0.1)
+    assert sum(len(c.frames) for c in held) == holdout_size(1920, 0.1) == 192
+    held_clips = {c.name.split("[")[0] for c in held}
+    assert len(held_clips) >= 10 and {"00", "15"} & held_clips  # from the first clips to the last
+    # Every frame is in exactly one part, and each part is consecutive frames of one clip.
+    assert sum(len(c.frames) for c in fit + held) == 1920
+    for piece in fit + held:
+        assert np.all(np.diff(piece.frames[:, 0, 0, 0].astype(int)) == 1)
+
+
+def test_the_hold_out_keeps_enough_frames_to_calibrate_on_little_footage() -> None:
+    assert holdout_size(382, 0.1) == 50  # Ped1-dev's normal runs: 10% would be 39
+    assert holdout_size(100, 0.1) == 25  # at most a quarter of the footage
+    assert holdout_size(3000, 0.1) == 300
+    fit, held = split_holdout(_clips(100), 0)
+    assert holdout_size(100, 0) == 0 and held == [] and [len(c.frames) for c in fit] == [100]
+
+
+def test_a_benchmark_root_without_train_split_is_labelled_test_clips(tmp_path: Path) -> None:
+    for t in range(3):
+        (tmp_path / "test" / "01").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "test" / "01" / f"{t:03d}.jpg"), np.full((8, 8), 40 * t, np.uint8))
+    (tmp_path / "labels.json").write_text('{"01": [0, 1, 1]}')
+    spec = InputSpec(height=32, width=32)
+    (clip,) = load_clips(tmp_path, spec, split="test")  # UCSD Ped1-dev's layout
+    assert clip.labels is not None and clip.labels.tolist() == [0, 1, 1]
+    with pytest.raises(DataError, match="has no train/ split"):
+        load_clips(tmp_path, spec, split="train")

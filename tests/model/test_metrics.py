@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from model.calibration import calibrate
+from model.calibration import CalibrationError, calibrate
 from model.metrics import auroc, causal_smooth, frame_aurocs, minmax
 
 
@@ -52,10 +52,29 @@ def test_frame_aurocs_against_sklearn() -> None:
     assert result["auroc_macro"] == pytest.approx(macro)
 
 
-def test_calibration_hits_the_false_alarm_rate_and_puts_threshold_at_half() -> None:
-    normal = np.random.default_rng(0).normal(size=10_000)
+def test_calibration_errs_towards_fewer_false_alarms_and_puts_threshold_at_half() -> None:
+    rng = np.random.default_rng(0)
+    fresh = rng.normal(size=200_000)  # normal frames the calibration did not see
+    many = [np.mean(fresh > calibrate(rng.normal(size=10_000), 0.05).threshold) for _ in range(5)]
+    assert np.median(many) == pytest.approx(0.05, abs=0.005)  # many frames: the rate asked for
+    for frames in (300, 50):
+        rates = np.array(
+            [np.mean(fresh > calibrate(rng.normal(size=frames), 0.05).threshold) for _ in range(20)]
+        )
+        # Few frames: the tail bound's margin, rarely above the asked rate, by more the fewer the frames.
+        assert 0.005 <= np.median(rates) <= 0.045 and np.mean(rates > 0.075) <= 0.1
+    normal = rng.normal(size=10_000)
     cal = calibrate(normal, 0.05)
-    assert np.mean(cal.normalize(normal) > 0.5) == pytest.approx(0.05, abs=0.002)
     assert cal.normalize(cal.threshold) == pytest.approx(0.5)
     assert cal.normalize(cal.normal_median) == pytest.approx(0.25)
     assert np.all(np.diff(cal.normalize(np.sort(normal))) >= 0)
+
+
+def test_calibration_refuses_too_few_frames_and_rates_they_cannot_support() -> None:
+    with pytest.raises(CalibrationError, match="at least 25 held-out normal frames, got 24"):
+        calibrate(np.arange(24.0), 0.1)
+    with pytest.raises(
+        CalibrationError, match=r"50 held-out normal frames support .* down to 0.005, not 0.001"
+    ):
+        calibrate(np.arange(50.0), 0.001)
+    assert calibrate(np.arange(50.0), 0.005).frames == 50

@@ -98,24 +98,29 @@ def test_a_slower_camera_has_no_pairs_and_repeats_and_clock_resets_are_handled()
     assert runs == [[0, 100, 200, 300], [-5000, -4900]] and skipped == 2
 
 
-def test_the_held_out_tail_is_the_last_frames_and_a_run_is_cut_there() -> None:
+def test_the_hold_out_is_spread_over_the_footage_and_runs_are_cut_at_its_segments() -> None:
     footage = Footage(camera="gate", fps=10)
-    for start, count in ((0, 30), (10_000, 12)):
+    for start, count in ((0, 60), (10_000, 40)):
         for i in range(count):
             ts = (start + 100 * i) * MS
             footage.add(np.full((1, 4, 4), i, np.uint8), ts, starts_run=i == 0)
     footage.add(np.zeros((1, 4, 4), np.uint8), 99_000 * MS, starts_run=True)  # alone: no pair
     footage.end_run()
-    assert footage.frames == 42 and footage.isolated == 1 and len(footage.runs) == 2
-    fit, tail = footage.split(0.25)  # 11 frames held out: the last 11 of the 12-frame run
-    assert [len(c.frames) for c in fit] == [30, 1] and [len(c.frames) for c in tail] == [11]
-    assert tail[0].name == "gate@1970-01-01T00:00:10.100Z"
-    assert int(tail[0].frames[0, 0, 0, 0]) == 1
+    assert footage.frames == 100 and footage.isolated == 1 and len(footage.runs) == 2
+    # 25 frames held out (a quarter of 100, under 50): one segment, centred on the footage, so it
+    # is cut where the first run ends.
+    fit, held = footage.split(0.1)
+    assert [(c.name, len(c.frames)) for c in held] == [
+        ("gate@1970-01-01T00:00:00.000Z[38:60]", 22),
+        ("gate@1970-01-01T00:00:10.000Z[0:3]", 3),
+    ]
+    assert int(held[0].frames[0, 0, 0, 0]) == 38  # frame 38 of the first run
+    assert [len(c.frames) for c in fit] == [38, 37]
 
 
 def test_minimum_footage_follows_the_holdout_and_the_batch() -> None:
-    assert minimum_frames(parse_config({})) == 100  # 10 held out at 10 %, 90 to train on
-    assert minimum_frames(parse_config({"train": {"holdout_fraction": 0.25, "batch_size": 8}})) == 40
+    assert minimum_frames(parse_config({})) == 100  # 25 held out (a quarter), 75 to train on
+    assert minimum_frames(parse_config({"train": {"holdout_fraction": 0.25, "batch_size": 8}})) == 97
     assert minimum_frames(parse_config({"train": {"holdout_fraction": 0.5, "batch_size": 32}})) == 64
     assert minimum_frames(parse_config({"train": {"holdout_fraction": 0}})) == 32
 
