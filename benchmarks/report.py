@@ -126,6 +126,12 @@ def _service_ceiling_headline(data: dict[str, Any]) -> str:
     return f"instant model, 16 cameras, saturated frames/s: {at16} (goal {goal}, median of rounds)"
 
 
+def _gpu_check_headline(data: dict[str, Any]) -> str:
+    from gpu_check import headline
+
+    return headline(data)
+
+
 def _reliability_headline(data: dict[str, Any]) -> str:
     phases = data["phases"]
     parts = []
@@ -243,6 +249,17 @@ BENCHMARKS = (
         "publish, commit); an earlier commit side by side, run by run.",
         lambda _: f"python benchmarks/service_ceiling.py {PED2} --rounds 3 --frames 4800 --live-fps 200",
         _service_ceiling_headline,
+    ),
+    Benchmark(
+        "gpu_check",
+        "The GPU check",
+        "On one NVIDIA GPU: the AnoMem artifact's model-only frames/s per backend and precision (TensorRT "
+        "FP16 and INT8 engines where TensorRT imports, PyTorch FP32 / FP16 on CUDA, ONNX Runtime), the "
+        "Ped2 AUROC of each against ONNX Runtime's on the same frames (parity), and `anomon run` end to end "
+        "at 1, 4, 16 and 64 cameras. Prepared here with `--prepare`, run on a GPU machine through the "
+        "device tool (benchmarks/README.md, GPU check).",
+        lambda _: "bash benchmarks/gpu_check.sh",
+        _gpu_check_headline,
     ),
     Benchmark(
         "reliability",

@@ -26,6 +26,13 @@ too, alternated run by run in every round; each row records the commit it measur
 shared and noisy: the headline numbers are medians over rounds, and the load average is recorded.
 
     python benchmarks/service_ceiling.py --data ../shared/data/ucsd_ped2 --rounds 3
+
+With a real model (`--backend torch|onnxruntime|tensorrt --artifact DIR`), the same runs measure the
+service end to end: `anomon run` as an operator starts it, serving that export (what
+benchmarks/gpu_check.sh runs on a GPU, without the profile and the client comparison):
+
+    python benchmarks/service_ceiling.py --backend tensorrt --artifact /tmp/exports/fp16 \
+        --device cuda --max-batch 32 --rounds 1 --profile-cameras 0 --clients 0 --out /tmp/e2e.json
 """
 
 from __future__ import annotations
@@ -150,8 +157,16 @@ def cpu_seconds(pid: int) -> float:
 
 def git_commit(tree: Path) -> str:
     """The tree's commit, with `+dirty` when it has uncommitted changes to tracked files."""
-    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "monitor", "model"])
+    try:
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "diff", "--quiet", "HEAD", "--", "monitor", "model"],
+            capture_output=True,
+        )
+    except FileNotFoundError:  # no git on this machine (a copy of the tree on a GPU machine)
+        return "unknown"
+    if head.returncode != 0:  # a copy of the tree without its .git
+        return "unknown"
     return head.stdout.strip()[:12] + ("+dirty" if dirty.returncode else "")
 
 
@@ -264,10 +279,22 @@ class Bench:
             "kafka": {"bootstrap_servers": bootstrap},
             "consumer": {"group_id": f"ceiling-{name}"},
             "topics": topics | {"thumbnails": f"ceiling.{name}.thumbnails"},
-            "model": {"artifact": str(self.args.checkpoint)},
+            "model": self._model(),
             "intake": {"mode": mode},
             "batching": {"max_batch": self.args.max_batch},
         } | ({"producer": {"client": client}} if client else {})
+
+    def _model(self) -> dict[str, Any]:
+        """The config's model section: the checkpoint (the instant model reads its shapes), or the
+        export the real model is served from."""
+        if self.args.backend == "instant":
+            return {"artifact": str(self.args.checkpoint)}
+        model = {"artifact": str(self.args.artifact or self.args.checkpoint), "backend": self.args.backend}
+        if self.args.device:
+            model["device"] = self.args.device
+        if self.args.engine_cache:
+            model["engine_cache"] = str(self.args.engine_cache)
+        return model
 
     def _topic(self, settings: Any, topic: str, cameras: int) -> None:
         from monitor.kafka_client import create_topics
@@ -310,12 +337,15 @@ class Bench:
         sent = (
             0 if kind == "live" else preload(settings, cfg["topics"]["frames"], self.frames, cameras, total)
         )
+        # The instant model: this script serves it; a real model: `anomon run` itself.
         command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
-        service = Service(cfg, self.work, command=command, tree=variant.tree)
+        service = Service(
+            cfg, self.work, command=command if self.args.backend == "instant" else None, tree=variant.tree
+        )
         broker_pid = broker._process.pid
         profiler = None
         try:
-            service.wait_ready(120)
+            service.wait_ready(120 if self.args.backend == "instant" else 600)  # TensorRT may build
             cpu0, broker0 = cpu_seconds(service.process.pid), cpu_seconds(broker_pid)
             started = time.monotonic()
             if kind == "profile":
@@ -540,8 +570,14 @@ def summarize(runs: list[Run], variants: list[str]) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     variants = list(s)
+    model = report["settings"].get("model", {"backend": "instant"})
+    served = (
+        "instant model"
+        if model["backend"] == "instant"
+        else f"{model['backend']} {model['precision']} on {model.get('device') or 'the default device'}"
+    )
     lines = [
-        "# The service's ceiling (instant model, embedded broker, Ped2 JPEGs)",
+        f"# The service's ceiling ({served}, embedded broker, Ped2 JPEGs)",
         "",
         f"`{report['command']}` ({report['date']})",
         "",
@@ -621,6 +657,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def served_model(args: argparse.Namespace) -> dict[str, Any]:
+    """What the runs served: the instant model, or the backend, device and export of a real one."""
+    if args.backend == "instant":
+        return {"backend": "instant"}
+    artifact = Path(args.artifact or args.checkpoint)
+    meta_path = artifact / "model.json"
+    precision = json.loads(meta_path.read_text())["precision"] if meta_path.is_file() else "fp32"
+    return {"backend": args.backend, "precision": precision, "device": args.device, "artifact": str(artifact)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -649,11 +695,23 @@ def main() -> None:
     parser.add_argument(
         "--clients", type=int, default=4800, help="records per client in the client comparison (0: none)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("instant", "torch", "onnxruntime", "tensorrt"),
+        default="instant",
+        help="instant: the service without its model (this benchmark's); else `anomon run` serving "
+        "--artifact on that backend: the service end to end",
+    )
+    parser.add_argument("--artifact", type=Path, help="a real model's export folder (default: --checkpoint)")
+    parser.add_argument("--device", help="a real model's model.device (cpu, cuda[:N])")
+    parser.add_argument("--engine-cache", type=Path, help="a real model's model.engine_cache (TensorRT)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/service_ceiling.json"))
     args = parser.parse_args()
     if args.serve:
         serve_instant(args.config)
         return
+    if args.backend == "instant" and (args.artifact or args.device or args.engine_cache):
+        parser.error("--artifact, --device and --engine-cache are for a real model: add --backend")
 
     from results_io import run_record
     from tqdm import tqdm
@@ -676,7 +734,8 @@ def main() -> None:
         for cameras in args.cameras
         for kind in (("saturated", "live") if round_no == 1 else ("saturated",))
     ]
-    plan += [(args.rounds + 1, args.profile_cameras, "profile")]
+    if args.profile_cameras:
+        plan += [(args.rounds + 1, args.profile_cameras, "profile")]
     with tqdm(total=len(plan) * len(variants), desc="runs", unit="run") as bar:
         for step, (round_no, cameras, kind) in enumerate(plan):
             # A broker per step: it never holds enough record batches to slow down (monitor/broker.py).
@@ -709,6 +768,7 @@ def main() -> None:
             "live_fps": args.live_fps,
             "live_seconds": args.live_seconds,
             "frame_bytes_mean": float(np.mean([len(f) for f in frames])),
+            "model": served_model(args),
         },
         "targets": {"fps_at_16_cameras": 2000},
         "summary": summarize(runs, [v.name for v in variants]),

@@ -117,6 +117,12 @@ class ScoreReader(threading.Thread):
         return out
 
 
+def python_path(tree: Path) -> str:
+    """PYTHONPATH for a subprocess importing `tree` first, then what this one was given (packages
+    installed outside the environment, e.g. wheels unpacked into a folder on a GPU machine)."""
+    return os.pathsep.join(p for p in (str(tree), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def cli_export(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
     """`anomon export` in a subprocess, as an operator exports a checkpoint."""
     command = [
@@ -129,7 +135,7 @@ def cli_export(checkpoint: Path, out: Path, precision: str = "fp32") -> Path:
         "--out",
         str(out),
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": python_path(REPO)}
     subprocess.run([*command, "--precision", precision], cwd=REPO, env=env, check=True)
     return out
 
@@ -152,7 +158,7 @@ class Service:
         path = work / f"run-{uuid.uuid4().hex[:6]}.yaml"
         path.write_text(yaml.safe_dump(config))
         self.log = (work / f"{path.stem}.log").open("w")
-        env = {**os.environ, "PYTHONPATH": str(tree)}
+        env = {**os.environ, "PYTHONPATH": python_path(tree)}
         command = command or [sys.executable, "-m", "monitor.cli", "run"]
         self.process = subprocess.Popen(
             [*command, "--config", str(path)],
