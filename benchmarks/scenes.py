@@ -247,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {scene} {model_name}: {len(train)} training clips, {len(test)} test clips", flush=True)
             rows.append(model_row(scene, model_name, cfg, train, test, args.workdir))
             print(json.dumps(rows[-1], indent=1, default=str), flush=True)
-    means = summary(rows)
-    env = {**environment(), "overrides": overrides}
-    write_results(args.out, env, rows, markdown(rows, means, env), summary=means)
+            means = summary(rows)  # written after every model, so an interrupted run keeps its rows
+            env = {**environment(), "overrides": overrides}
+            write_results(args.out, env, rows, markdown(rows, means, env), summary=means)
     return 0
 
 
