@@ -159,8 +159,8 @@ def train(
     """Train the configured model (AnoMem or DAAD) on normal footage and write a calibrated checkpoint.
 
     Args:
-        data: normal footage (Ped2 root = its train split, frame folders or videos); the last clips
-            (`train.holdout_fraction`) are held out to calibrate on.
+        data: normal footage (Ped2 root = its train split, frame folders or videos); segments spread
+            over it (`split_holdout`, `train.holdout_fraction`) are held out to calibrate on.
         out: checkpoint path; also the resume point, rewritten after every training epoch.
         cfg: the experiment config; `cfg.model.name` picks the model.
         version: model version string (default: data folder name and today's date).
@@ -321,12 +321,12 @@ def refit_score(
         set_dotted(fields, key, value)
     cfg = parse_config(fields, "--set")
     clips = load_clips(data, cfg.input, split="train")
-    if fingerprint(clips) != meta.data_fingerprint:
+    fit_clips, holdout = split_holdout(clips, cfg.train.holdout_fraction)
+    if fingerprint(fit_clips + holdout) != meta.data_fingerprint:  # as train_clips takes it
         raise ValueError(
             f"{data} is not the footage {checkpoint} was trained on (its fingerprint differs): "
             "the score's statistics are fitted on the training frames"
         )
-    fit_clips, holdout = split_holdout(clips, cfg.train.holdout_fraction)
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(tensors, strict=True)
     assert isinstance(model, AnoMem)
