@@ -309,17 +309,17 @@ def test_too_little_footage_is_refused_in_one_line_saying_how_much_is_needed(
     store = tmp_path / "store"
     args = _learn_args(kafka_bootstrap, frames_topic, feedback_topic, "gate", store, _learn_config(tmp_path))
     expected = {
-        "60": "camera gate: 30 frames at 10 fps (3 s) on {topic} since earliest, 60 needed (6 s): let the "
-        "camera record longer",
-        "10": "10 frames is too little for this config: at least 40 (4 s at 10 fps), 10 of them held out "
-        "to calibrate (train.holdout_fraction 0.25); ask for --frames 40 or more",
+        "100": "camera gate: 30 frames at 10 fps (3 s) on {topic} since earliest, 100 needed (10 s): let "
+        "the camera record longer",
+        "10": "10 frames is too little for this config: at least 97 (10 s at 10 fps), 25 of them held out "
+        "to calibrate (train.holdout_fraction 0.25); ask for --frames 97 or more",
     }
     for frames, message in expected.items():
         capsys.readouterr()
         assert main([*args, "--frames", frames]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]  # the progress bar comes before it
         assert err.startswith("anomon learn: error: " + message.format(topic=frames_topic)), err
-    assert main([*args, "--camera", "gate-2", "--frames", "40"]) == 2
+    assert main([*args, "--camera", "gate-2", "--frames", "100"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.endswith(
         f"no frames of camera gate-2 on {frames_topic} since earliest (cameras seen: gate): "
