@@ -34,11 +34,12 @@ import numpy as np
 import torch
 from results_io import REPO, RESULTS, environment, write_results
 
-from model.config import ExperimentConfig, load_config
+from model.config import ConfigError, ExperimentConfig, load_config
 from model.data import Clip, load_clips, split_holdout
 from model.evaluation import evaluate_clips
 from model.metrics import causal_smooth, frame_aurocs
 from model.pipeline import fingerprint, load_model, train_clips
+from monitor.cli.model import parse_overrides
 
 DATA = REPO.parent / "shared" / "data"
 MODELS: dict[str, dict[str, Any]] = {"anomem": {}, "daad": {"model.name": "daad"}}
@@ -115,15 +116,24 @@ def config_digest(cfg: ExperimentConfig, fit: list[Clip], holdout: list[Clip]) -
     return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
 
+def trained_checkpoint(
+    scene: str, model_name: str, cfg: ExperimentConfig, train: list[Clip], workdir: Path
+) -> Path:
+    """The checkpoint of `cfg` trained on a scene's normal footage: trained here unless the workdir
+    holds a complete one of the same config, footage and split."""
+    fit, holdout = split_holdout(train, cfg.train.holdout_fraction)
+    ckpt = workdir / f"{scene}-{model_name}-{config_digest(cfg, fit, holdout)}.safetensors"
+    if not ckpt.is_file() or not load_model(ckpt)[1].complete:
+        train_clips(fit, holdout, ckpt, cfg, version=f"{scene}-{model_name}")
+    return ckpt
+
+
 def model_row(
     scene: str, model_name: str, cfg: ExperimentConfig, train: list[Clip], test: list[Clip], workdir: Path
 ) -> dict[str, Any]:
     """Train (or reuse the checkpoint of the same config and footage) and evaluate one model."""
-    fit, holdout = split_holdout(train, cfg.train.holdout_fraction)
-    ckpt = workdir / f"{scene}-{model_name}-{config_digest(cfg, fit, holdout)}.safetensors"
     started = time.perf_counter()
-    if not ckpt.is_file() or not load_model(ckpt)[1].complete:
-        train_clips(fit, holdout, ckpt, cfg, version=f"{scene}-{model_name}")
+    ckpt = trained_checkpoint(scene, model_name, cfg, train, workdir)
     model, meta = load_model(ckpt)
     train_seconds = time.perf_counter() - started
     result = evaluate_clips(
@@ -210,18 +220,6 @@ def markdown(rows: list[dict[str, Any]], means: list[dict[str, Any]], env: dict[
     return "\n".join(lines) + "\n"
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair}: expected KEY=VALUE, e.g. model.topk=4")
-        import yaml
-
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -234,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "scenes", help="output path without suffix")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    overrides = parse_overrides(args.set)
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as err:
+        parser.error(str(err))
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for scene in args.scenes:

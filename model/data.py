@@ -197,10 +197,12 @@ def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[
     if held == 0:
         return clips, []
     segments = max(1, round(held / HOLDOUT_SEGMENT_FRAMES))
+    bounds = np.cumsum([0, *(len(c.frames) for c in clips)])
     mask = np.zeros(total, dtype=bool)
     for k in range(segments):  # segment k is centred on the k-th of `segments` equal stretches
         length = held // segments + (1 if k < held % segments else 0)
         start = min(total - length, max(0, (2 * k + 1) * total // (2 * segments) - length // 2))
+        start = _inside_one_clip(start, length, bounds, mask)
         mask[start : start + length] = True
     fit: list[Clip] = []
     holdout: list[Clip] = []
@@ -213,6 +215,27 @@ def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[
             piece = clip if (a, b) == (0, len(flags)) else _piece(clip, a, b)
             (holdout if flags[a] else fit).append(piece)
     return fit, holdout
+
+
+def _inside_one_clip(start: int, length: int, bounds: np.ndarray, taken: np.ndarray) -> int:
+    """`start` moved so that the held-out segment [start, start + length) lies inside the one clip
+    (of those it overlaps, by `bounds`, the clip start offsets) that holds most of it, when that clip
+    is long enough and the moved segment takes no frame already held out. A segment cut by a clip
+    boundary would leave a piece of a frame or two, whose first frame has no motion pair."""
+    first = int(np.searchsorted(bounds, start, side="right")) - 1
+    last = int(np.searchsorted(bounds, start + length - 1, side="right")) - 1
+    if first == last:
+        return start
+
+    def overlap(c: int) -> int:
+        return min(start + length, int(bounds[c + 1])) - max(start, int(bounds[c]))
+
+    fitting = [c for c in range(first, last + 1) if bounds[c + 1] - bounds[c] >= length]
+    if not fitting:
+        return start
+    best = max(fitting, key=overlap)
+    moved = min(max(start, int(bounds[best])), int(bounds[best + 1]) - length)
+    return start if taken[moved : moved + length].any() else moved
 
 
 def _piece(clip: Clip, start: int, stop: int) -> Clip:

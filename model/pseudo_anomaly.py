@@ -24,6 +24,7 @@ def add_moving_patches(
     event_frames: tuple[int, int] = (15, 40),
     patch_fraction: tuple[float, float] = (0.08, 0.16),
     speed_fraction: tuple[float, float] = (0.015, 0.04),
+    gap_frames: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Insert alternating normal stretches and fast-moving-patch events into a clip.
 
@@ -33,6 +34,8 @@ def add_moving_patches(
         event_frames: min/max length of an event in frames.
         patch_fraction: patch side as a fraction of the frame height.
         speed_fraction: patch speed per frame as a fraction of the frame width.
+        gap_frames: min/max length of the normal stretch before each event (None: event_frames);
+            (0, 1) with event_frames (T, T + 1) makes one event of a T-frame clip's whole length.
 
     Returns:
         (frames with events, 0/1 label per frame).
@@ -50,7 +53,7 @@ def add_moving_patches(
 
         return ph, pw, y0, x0, paste
 
-    return _insert_events(frames, rng, event_frames, speed_fraction, start_event)
+    return _insert_events(frames, rng, event_frames, speed_fraction, start_event, gap_frames)
 
 
 def add_foreign_objects(
@@ -60,6 +63,7 @@ def add_foreign_objects(
     event_frames: tuple[int, int] = (15, 40),
     height_fraction: tuple[float, float] = (0.12, 0.25),
     speed_fraction: tuple[float, float] = (0.0, 0.02),
+    gap_frames: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Insert alternating normal stretches and events in which an object foreign to the scene crosses it.
 
@@ -76,6 +80,7 @@ def add_foreign_objects(
         event_frames: min/max length of an event in frames.
         height_fraction: object height as a fraction of the frame height.
         speed_fraction: object speed per frame as a fraction of the frame width.
+        gap_frames: as in `add_moving_patches`.
 
     Returns:
         (frames with events, 0/1 label per frame).
@@ -99,7 +104,7 @@ def add_foreign_objects(
 
         return oh, ow, y0, x0, paste
 
-    return _insert_events(frames, rng, event_frames, speed_fraction, start_event)
+    return _insert_events(frames, rng, event_frames, speed_fraction, start_event, gap_frames)
 
 
 def _insert_events(
@@ -108,6 +113,7 @@ def _insert_events(
     event_frames: tuple[int, int],
     speed_fraction: tuple[float, float],
     start_event: Callable[[np.ndarray], tuple[int, int, float, float, PasteFn]],
+    gap_frames: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Alternate normal stretches and events; each event's object moves in a straight line.
 
@@ -118,7 +124,8 @@ def _insert_events(
     out = frames.copy()
     t_total, _, h, w = frames.shape
     labels = np.zeros(t_total, dtype=np.int64)
-    t = int(rng.integers(*event_frames))
+    gaps = gap_frames or event_frames
+    t = int(rng.integers(*gaps))
     while t < t_total:
         length = min(int(rng.integers(*event_frames)), t_total - t)
         oh, ow, y0, x0, paste = start_event(out)
@@ -130,5 +137,5 @@ def _insert_events(
             x = int(np.clip(x0 + vx * i, 0, w - ow))
             paste(t + i, y, x)
             labels[t + i] = 1
-        t += length + int(rng.integers(*event_frames))
+        t += length + int(rng.integers(*gaps))
     return out, labels

@@ -77,6 +77,17 @@ def test_the_hold_out_is_spread_over_the_footage_not_its_last_clips() -> None:
         assert np.all(np.diff(piece.frames[:, 0, 0, 0].astype(int)) == 1)
 
 
+def test_a_held_out_segment_is_not_cut_by_a_clip_boundary() -> None:
+    clips = _clips(48, 49, 12, 30, 52, 31, 20, 50, 40)  # Ped1-dev's training runs, about
+    fit, held = split_holdout(clips, 0.1)
+    assert sum(len(c.frames) for c in held) == 50
+    assert [len(c.frames) for c in held] == [25, 25]  # no piece of a frame or two
+    assert sum(len(c.frames) for c in fit + held) == sum(len(c.frames) for c in clips)
+    # A clip shorter than a segment still gives its frames: the segment then spans the boundary.
+    fit, held = split_holdout(_clips(6, 6, 6, 6, 6), 0.25)
+    assert sum(len(c.frames) for c in held) == 8
+
+
 def test_the_hold_out_keeps_enough_frames_to_calibrate_on_little_footage() -> None:
     assert holdout_size(382, 0.1) == 50  # Ped1-dev's normal runs: 10% would be 39
     assert holdout_size(100, 0.1) == 25  # at most a quarter of the footage

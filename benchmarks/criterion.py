@@ -1,0 +1,312 @@
+"""Label-free criterion: rank AnoMem's score settings on normal footage alone (issue 30 part 2).
+
+The protocol is in docs/evaluation.md, "Label-free criterion", written before any test number was
+looked at. Per scene, one AnoMem network is trained with the default config on the scene's normal
+footage (the checkpoint `benchmarks/scenes.py` makes and reuses). Each variant (VARIANTS) is a score
+setting of that network: its terms, its top-k, the speed term's window, the smoothing. For each, the
+script refits the term statistics on the training frames, the threshold on the held-out frames, and
+then measures:
+
+- the criterion: the causal AUROC of the held-out normal segments against the same segments with a
+  synthetic event for their whole length (fast scene patches, CIFAR-10 objects, 3x speed), the
+  mean over the three kinds;
+- the causal micro AUROC on the scene's labelled test frames (the scenes.py protocol), and the
+  false-alarm rate there at the calibrated threshold.
+
+It reports, per scene, the Spearman rank correlation of the two over the variants (how far the
+criterion can be trusted on a camera nobody labelled) and the variant the criterion picks. The test
+labels serve only that correlation.
+
+    python benchmarks/criterion.py --threads 2
+    python benchmarks/criterion.py --scenes ped1-dev --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ped2_daad import load_objects
+from results_io import RESULTS, environment, write_results
+from scenes import DATA, SCENES, trained_checkpoint
+from tqdm import tqdm
+
+from model.anomaly_map import topk_mean
+from model.anomem.model import AnoMem, _pool_motion
+from model.calibration import Calibration, calibrate
+from model.config import ExperimentConfig, load_config
+from model.data import Clip, split_holdout, with_motion
+from model.evaluation import operating_point
+from model.metrics import auroc, causal_smooth, frame_aurocs
+from model.pipeline import load_model, model_inputs
+from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
+
+KINDS = ("fast-patches", "foreign-objects", "faster-3x")
+DRAWS = 4  # synthetic events drawn per held-out segment, for the two drawn kinds
+LAG = 3  # faster-3x: each frame is paired with the one LAG frames before it
+OBJECTS = DATA / "cifar10" / "cifar10_jpg.zip"  # the foreign objects' photographs
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A score setting of a trained AnoMem network."""
+
+    name: str
+    topk: int = 8
+    scales: tuple[int, ...] = (0, 1, 2)  # indices into the network's scales
+    speed: float = 1.0  # weight of the speed term relative to one scale's; 0: off
+    window: tuple[int, int] | None = None  # the speed term's window in stride-8 cells; None: measured
+    smoothing: int = 8
+
+
+VARIANTS = (
+    Variant("default"),
+    Variant("topk 2", topk=2),
+    Variant("topk 32", topk=32),
+    Variant("no speed term", speed=0.0),
+    Variant("speed term only", scales=()),
+    Variant("finest scale + speed", scales=(0,)),
+    Variant("coarsest scale + speed", scales=(2,)),
+    Variant("speed at double weight", speed=2.0),
+    Variant("speed window 1x1", window=(1, 1)),
+    Variant("speed window 4x4", window=(4, 4)),
+    Variant("smoothing 1", smoothing=1),
+    Variant("smoothing 16", smoothing=16),
+)
+
+
+@dataclass
+class Ingredients:
+    """What every variant's score is made of, for a set of clips: the standardized deviation maps
+    per scale and the per-cell speed on the stride-8 grid, with each clip's frame range."""
+
+    maps: list[torch.Tensor]  # [N, 1, h_l, w_l] per used scale
+    speed: torch.Tensor  # [N, 1, h0, w0]
+    lengths: list[int]
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        return np.split(values, np.cumsum(self.lengths)[:-1])
+
+
+@torch.no_grad()
+def ingredients(model: AnoMem, inputs: list[np.ndarray], desc: str, batch_size: int = 32) -> Ingredients:
+    """The `Ingredients` of per-clip model inputs (frames already paired)."""
+    model.eval()
+    stacked = np.concatenate(inputs)
+    maps: list[list[torch.Tensor]] = [[] for _ in model.scales]
+    speed = []
+    for start in tqdm(range(0, len(stacked), batch_size), desc=desc, unit="batch", leave=False):
+        current, motion = model.split_input(torch.from_numpy(stacked[start : start + batch_size]))
+        assert motion is not None, "the criterion's variants need a model with motion input"
+        for i, d in enumerate(model.deviations(current, motion)):
+            maps[i].append(d)
+        speed.append(_pool_motion(motion, model.map_size)[:, 1:])
+    return Ingredients([torch.cat(m) for m in maps], torch.cat(speed), [len(x) for x in inputs])
+
+
+def terms(model: AnoMem, ing: Ingredients, variant: Variant) -> np.ndarray:
+    """The variant's unstandardized score terms [N, T], as `AnoMem.score_terms` makes them."""
+    out = [topk_mean(ing.maps[i], variant.topk * 4 ** (2 - model.scales[i])) for i in variant.scales]
+    if variant.speed > 0:
+        h, w = variant.window or model.object_window
+        window = (min(h, model.map_size[0]), min(w, model.map_size[1]))
+        out.append(F.avg_pool2d(ing.speed, window, stride=1).flatten(1).amax(dim=1))
+    return torch.stack(out, dim=1).double().numpy()
+
+
+class Scorer:
+    """A variant's raw score: its terms standardized over the training frames, then weighted."""
+
+    def __init__(self, model: AnoMem, variant: Variant, fit: Ingredients) -> None:
+        self.model, self.variant = model, variant
+        fitted = terms(model, fit, variant)
+        self.mean, self.std = fitted.mean(axis=0), np.maximum(fitted.std(axis=0, ddof=1), 1e-6)
+        weights = [1.0] * len(variant.scales) + ([variant.speed] if variant.speed > 0 else [])
+        self.weights = np.asarray(weights) / sum(weights)
+
+    def __call__(self, ing: Ingredients) -> list[np.ndarray]:
+        raw = ((terms(self.model, ing, self.variant) - self.mean) / self.std * self.weights).sum(axis=1)
+        return ing.split(raw)
+
+
+def live(raw: list[np.ndarray], calibration: Calibration, smoothing: int) -> list[np.ndarray]:
+    """Per clip: calibrated, then the causal mean of the last `smoothing` (as the monitor scores)."""
+    return [causal_smooth(calibration.normalize(r), smoothing) for r in raw]
+
+
+def faster(frames: np.ndarray, lag: int) -> np.ndarray:
+    """Model inputs of a clip played `lag` times faster in its motion cue: each frame paired with the
+    one `lag` frames before it (the first ones with the first frame)."""
+    previous = frames[np.maximum(np.arange(len(frames)) - lag, 0)]
+    return np.concatenate([frames, previous], axis=1)
+
+
+def pseudo_inputs(
+    holdout: list[Clip], cfg: ExperimentConfig, objects: np.ndarray
+) -> dict[str, list[np.ndarray]]:
+    """Per kind, the model inputs of every held-out segment with an event for its whole length."""
+    out: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
+    for k, kind in enumerate(KINDS[:2]):
+        rng = np.random.default_rng(k)
+        for clip in holdout:
+            n = len(clip.frames)
+            for _ in range(DRAWS):
+                whole = {"event_frames": (n, n + 1), "gap_frames": (0, 1)}
+                if kind == "fast-patches":
+                    frames, labels = add_moving_patches(clip.frames, rng, **whole)  # type: ignore[arg-type]
+                else:
+                    frames, labels = add_foreign_objects(clip.frames, rng, objects, **whole)  # type: ignore[arg-type]
+                assert labels.all()
+                out[kind].append(with_motion(frames, cfg.input))
+    out["faster-3x"] = [faster(clip.frames, LAG) for clip in holdout]
+    return out
+
+
+def scene_rows(scene: str, workdir: Path, objects: np.ndarray) -> list[dict[str, Any]]:
+    root, split = SCENES[scene]
+    cfg = load_config(None)
+    train, test = split(root, cfg)
+    print(f"== {scene}: {len(train)} training clips, {len(test)} test clips", flush=True)
+    model, _ = load_model(trained_checkpoint(scene, "anomem", cfg, train, workdir))
+    assert isinstance(model, AnoMem)
+    fit, holdout = split_holdout(train, cfg.train.holdout_fraction)
+    fit_ing = ingredients(model, [model_inputs([c], cfg) for c in fit], f"{scene} training frames")
+    clean = ingredients(model, [model_inputs([c], cfg) for c in holdout], f"{scene} held-out frames")
+    events = {
+        kind: ingredients(model, inputs, f"{scene} {kind}")
+        for kind, inputs in pseudo_inputs(holdout, cfg, objects).items()
+    }
+    test_ing = ingredients(model, [model_inputs([c], cfg) for c in test], f"{scene} test frames")
+    labels = [c.labels for c in test if c.labels is not None]
+    rows = []
+    for variant in VARIANTS:
+        scorer = Scorer(model, variant, fit_ing)
+        if variant == Variant("default"):  # the cache rebuilds what training fitted
+            stats = model.term_stats.double().numpy()
+            if not np.allclose(stats, [scorer.mean, scorer.std], rtol=1e-3, atol=1e-4):
+                raise SystemExit(f"{scene}: the default's term statistics differ from the checkpoint's")
+        clean_raw = scorer(clean)
+        calibration = calibrate(np.concatenate(clean_raw), cfg.train.false_alarm_rate)
+        clean_live = np.concatenate(live(clean_raw, calibration, variant.smoothing))
+        per_kind = {}
+        for kind, ing in events.items():
+            event_live = np.concatenate(live(scorer(ing), calibration, variant.smoothing))
+            y = np.concatenate([np.zeros(len(clean_live)), np.ones(len(event_live))])
+            per_kind[kind] = auroc(y, np.concatenate([clean_live, event_live]))
+        test_raw = scorer(test_ing)
+        test_live = live(test_raw, calibration, variant.smoothing)
+        rows.append(
+            {
+                "scene": scene,
+                "variant": variant.name,
+                "criterion": float(np.mean(list(per_kind.values()))),
+                **{f"criterion {kind}": value for kind, value in per_kind.items()},
+                "test_auroc_causal_micro": frame_aurocs(labels, test_live)["auroc_causal_micro"],
+                **operating_point(labels, test_raw, test_live, calibration),
+            }
+        )
+        tqdm.write(
+            f"{scene} {variant.name}: criterion {rows[-1]['criterion']:.4f}, "
+            f"test {rows[-1]['test_auroc_causal_micro']:.4f}"
+        )
+    return rows
+
+
+def spearman(rows: list[dict[str, Any]]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr([r["criterion"] for r in rows], [r["test_auroc_causal_micro"] for r in rows])[0])
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for scene in dict.fromkeys(r["scene"] for r in rows):
+        per = [r for r in rows if r["scene"] == scene]
+        picked = max(per, key=lambda r: r["criterion"])
+        default = next(r for r in per if r["variant"] == "default")
+        best = max(r["test_auroc_causal_micro"] for r in per)
+        out.append(
+            {
+                "scene": scene,
+                "variants": len(per),
+                "spearman": spearman(per),
+                "picked": picked["variant"],
+                "picked_test_auroc": picked["test_auroc_causal_micro"],
+                "default_test_auroc": default["test_auroc_causal_micro"],
+                "best_test_auroc": best,
+            }
+        )
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], means: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    lines = [
+        "# Label-free criterion: AnoMem score settings ranked on normal footage",
+        "",
+        f"Command: `{env['command']}` ({env['date']})  ",
+        f"Machine: {env['machine']}, torch {env['torch']}, {env['threads']} threads.",
+        "",
+        'Protocol: docs/evaluation.md, "Label-free criterion" (written before these numbers). Criterion = '
+        "mean over the three synthetic kinds of the causal AUROC, held-out normal segments against the "
+        "same segments with an event; test = causal micro AUROC on the labelled test frames "
+        "(benchmarks/scenes.py protocol); FAR = normal test frames above the threshold calibrated at 1% "
+        "on the held-out frames (raw / the monitor's smoothed rule). One network per scene, trained with "
+        "the default config; the variants change only the score.",
+        "",
+        "| scene | variant | criterion | fast patches | foreign objects | 3x faster | test causal micro "
+        "| FAR raw | FAR smoothed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scene']} | {r['variant']} | {r['criterion']:.4f} | {r['criterion fast-patches']:.4f} "
+            f"| {r['criterion foreign-objects']:.4f} | {r['criterion faster-3x']:.4f} "
+            f"| {r['test_auroc_causal_micro']:.4f} | {r['false_alarm_rate_raw']:.3f} "
+            f"| {r['false_alarm_rate_smoothed']:.3f} |"
+        )
+    lines += [
+        "",
+        "| scene | variants | Spearman (criterion vs test) | criterion picks | its test AUROC | default's "
+        "| best variant's (hindsight) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in means:
+        lines.append(
+            f"| {m['scene']} | {m['variants']} | {m['spearman']:+.3f} | {m['picked']} "
+            f"| {m['picked_test_auroc']:.4f} | {m['default_test_auroc']:.4f} | {m['best_test_auroc']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/scenes"), help="checkpoints (reused)")
+    parser.add_argument("--objects", type=Path, default=OBJECTS, help="CIFAR-10 JPEG zip (foreign objects)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "criterion", help="output path without suffix")
+    args = parser.parse_args(argv)
+    if not args.objects.is_file():
+        parser.error(f"--objects {args.objects}: no such file (the CIFAR-10 JPEG zip)")
+    torch.set_num_threads(args.threads)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    objects = load_objects(str(args.objects))
+    rows: list[dict[str, Any]] = []
+    for scene in args.scenes:
+        rows += scene_rows(scene, args.workdir, objects)
+        means = summary(rows)  # written after every scene, so an interrupted run keeps its rows
+        env = environment()
+        write_results(args.out, env, rows, markdown(rows, means, env), summary=means)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
