@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,17 +35,18 @@ import torch
 import torch.nn.functional as F
 from ped2_daad import load_objects
 from results_io import RESULTS, environment, write_results
-from scenes import DATA, SCENES, trained_checkpoint
+from scenes import DATA, SCENES, pair_difference, trained_checkpoint
 from tqdm import tqdm
 
 from model.anomaly_map import topk_mean
 from model.anomem.model import AnoMem, _pool_motion
+from model.anomem.train import MOVING_SPEED
 from model.calibration import Calibration, calibrate
 from model.config import ExperimentConfig, load_config
 from model.data import Clip, split_holdout, with_motion
 from model.evaluation import operating_point
 from model.metrics import auroc, causal_smooth, frame_aurocs
-from model.pipeline import load_model, model_inputs
+from model.pipeline import load_model, model_inputs, score_inputs
 from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
 
 KINDS = ("fast-patches", "foreign-objects", "faster-3x")
@@ -63,6 +65,7 @@ class Variant:
     speed: float = 1.0  # weight of the speed term relative to one scale's; 0: off
     window: tuple[int, int] | None = None  # the speed term's window in stride-8 cells; None: measured
     smoothing: int = 8
+    per_row_speed: bool = False  # speed in units of the normal moving speed on its image row
 
 
 VARIANTS = (
@@ -78,7 +81,12 @@ VARIANTS = (
     Variant("speed window 4x4", window=(4, 4)),
     Variant("smoothing 1", smoothing=1),
     Variant("smoothing 16", smoothing=16),
+    Variant("speed per image row", per_row_speed=True),
 )
+# Besides AnoMem's score settings, the criterion ranks scorers of other kinds on the same frames.
+OTHERS = ("svdd detector", "daad default", "frame-diff-mean", "frame-diff-max-cell")
+ROW_QUANTILE = 0.9  # per_row_speed: a row's normal moving speed is this quantile of its moving cells
+MIN_ROW_CELLS = 50  # ... over at least this many moving cells; rows with fewer take the global value
 
 
 @dataclass
@@ -110,13 +118,29 @@ def ingredients(model: AnoMem, inputs: list[np.ndarray], desc: str, batch_size: 
     return Ingredients([torch.cat(m) for m in maps], torch.cat(speed), [len(x) for x in inputs])
 
 
-def terms(model: AnoMem, ing: Ingredients, variant: Variant) -> np.ndarray:
-    """The variant's unstandardized score terms [N, T], as `AnoMem.score_terms` makes them."""
+def row_speed_scale(speed: torch.Tensor) -> torch.Tensor:
+    """Per image row of the stride-8 grid [1, 1, h0, 1]: the normal moving speed there (ROW_QUANTILE of
+    the cells moving faster than MOVING_SPEED), relative to the same over all rows. Perspective makes
+    near walkers fast and far ones slow in pixels; in these units each row's walkers read about 1."""
+    cells = speed[:, 0].permute(1, 0, 2).reshape(speed.shape[2], -1)  # [h0, N * w0]
+    moving = cells > MOVING_SPEED
+    overall = float(torch.quantile(cells[moving], ROW_QUANTILE)) if moving.any() else 1.0
+    rows = [
+        float(torch.quantile(row[m], ROW_QUANTILE)) if int(m.sum()) >= MIN_ROW_CELLS else overall
+        for row, m in zip(cells, moving, strict=True)
+    ]
+    return (torch.tensor(rows) / overall).clamp(min=0.25).view(1, 1, -1, 1)
+
+
+def terms(model: AnoMem, ing: Ingredients, variant: Variant, rows: torch.Tensor | None = None) -> np.ndarray:
+    """The variant's unstandardized score terms [N, T], as `AnoMem.score_terms` makes them (`rows`:
+    the `row_speed_scale` the speed is divided by)."""
     out = [topk_mean(ing.maps[i], variant.topk * 4 ** (2 - model.scales[i])) for i in variant.scales]
     if variant.speed > 0:
         h, w = variant.window or model.object_window
         window = (min(h, model.map_size[0]), min(w, model.map_size[1]))
-        out.append(F.avg_pool2d(ing.speed, window, stride=1).flatten(1).amax(dim=1))
+        speed = ing.speed if rows is None else ing.speed / rows
+        out.append(F.avg_pool2d(speed, window, stride=1).flatten(1).amax(dim=1))
     return torch.stack(out, dim=1).double().numpy()
 
 
@@ -125,14 +149,25 @@ class Scorer:
 
     def __init__(self, model: AnoMem, variant: Variant, fit: Ingredients) -> None:
         self.model, self.variant = model, variant
-        fitted = terms(model, fit, variant)
+        self.rows = row_speed_scale(fit.speed) if variant.per_row_speed else None
+        fitted = terms(model, fit, variant, self.rows)
         self.mean, self.std = fitted.mean(axis=0), np.maximum(fitted.std(axis=0, ddof=1), 1e-6)
         weights = [1.0] * len(variant.scales) + ([variant.speed] if variant.speed > 0 else [])
         self.weights = np.asarray(weights) / sum(weights)
 
     def __call__(self, ing: Ingredients) -> list[np.ndarray]:
-        raw = ((terms(self.model, ing, self.variant) - self.mean) / self.std * self.weights).sum(axis=1)
-        return ing.split(raw)
+        standardized = (terms(self.model, ing, self.variant, self.rows) - self.mean) / self.std
+        return ing.split((standardized * self.weights).sum(axis=1))
+
+
+@torch.no_grad()
+def svdd_scores(model: AnoMem, ing: Ingredients, batch_size: int = 256) -> list[np.ndarray]:
+    """The stage-2 Deep-SVDD detector's scores of cached maps (`model.score` "svdd")."""
+    out = []
+    for start in range(0, len(ing.speed), batch_size):
+        maps = [m[start : start + batch_size] for m in ing.maps]
+        out.append(model.detector(model.stack_maps(maps)).double().numpy())
+    return ing.split(np.concatenate(out))
 
 
 def live(raw: list[np.ndarray], calibration: Calibration, smoothing: int) -> list[np.ndarray]:
@@ -168,6 +203,38 @@ def pseudo_inputs(
     return out
 
 
+def row(
+    scene: str,
+    name: str,
+    raw_of: Callable[[str], list[np.ndarray]],
+    smoothing: int,
+    labels: list[np.ndarray],
+    false_alarm_rate: float,
+) -> dict[str, Any]:
+    """One scorer's criterion and test figures; `raw_of(set)` gives its raw scores per clip of a set:
+    "clean" (held-out segments), a KINDS entry (the same with events) or "test"."""
+    clean_raw = raw_of("clean")
+    calibration = calibrate(np.concatenate(clean_raw), false_alarm_rate)
+    clean_live = np.concatenate(live(clean_raw, calibration, smoothing))
+    per_kind = {}
+    for kind in KINDS:
+        event_live = np.concatenate(live(raw_of(kind), calibration, smoothing))
+        y = np.concatenate([np.zeros(len(clean_live)), np.ones(len(event_live))])
+        per_kind[kind] = auroc(y, np.concatenate([clean_live, event_live]))
+    test_raw = raw_of("test")
+    test_live = live(test_raw, calibration, smoothing)
+    out = {
+        "scene": scene,
+        "variant": name,
+        "criterion": float(np.mean(list(per_kind.values()))),
+        **{f"criterion {kind}": value for kind, value in per_kind.items()},
+        "test_auroc_causal_micro": frame_aurocs(labels, test_live)["auroc_causal_micro"],
+        **operating_point(labels, test_raw, test_live, calibration),
+    }
+    tqdm.write(f"{scene} {name}: criterion {out['criterion']:.4f}, test {out['test_auroc_causal_micro']:.4f}")
+    return out
+
+
 def scene_rows(scene: str, workdir: Path, objects: np.ndarray) -> list[dict[str, Any]]:
     root, split = SCENES[scene]
     cfg = load_config(None)
@@ -176,45 +243,43 @@ def scene_rows(scene: str, workdir: Path, objects: np.ndarray) -> list[dict[str,
     model, _ = load_model(trained_checkpoint(scene, "anomem", cfg, train, workdir))
     assert isinstance(model, AnoMem)
     fit, holdout = split_holdout(train, cfg.train.holdout_fraction)
-    fit_ing = ingredients(model, [model_inputs([c], cfg) for c in fit], f"{scene} training frames")
-    clean = ingredients(model, [model_inputs([c], cfg) for c in holdout], f"{scene} held-out frames")
-    events = {
-        kind: ingredients(model, inputs, f"{scene} {kind}")
-        for kind, inputs in pseudo_inputs(holdout, cfg, objects).items()
+    inputs = {
+        "fit": [model_inputs([c], cfg) for c in fit],
+        "clean": [model_inputs([c], cfg) for c in holdout],
+        **pseudo_inputs(holdout, cfg, objects),
+        "test": [model_inputs([c], cfg) for c in test],
     }
-    test_ing = ingredients(model, [model_inputs([c], cfg) for c in test], f"{scene} test frames")
+    cache = {key: ingredients(model, x, f"{scene} {key}") for key, x in inputs.items()}
     labels = [c.labels for c in test if c.labels is not None]
+    rate, smoothing = cfg.train.false_alarm_rate, cfg.train.smoothing_frames
     rows = []
     for variant in VARIANTS:
-        scorer = Scorer(model, variant, fit_ing)
+        scorer = Scorer(model, variant, cache["fit"])
         if variant == Variant("default"):  # the cache rebuilds what training fitted
             stats = model.term_stats.double().numpy()
             if not np.allclose(stats, [scorer.mean, scorer.std], rtol=1e-3, atol=1e-4):
                 raise SystemExit(f"{scene}: the default's term statistics differ from the checkpoint's")
-        clean_raw = scorer(clean)
-        calibration = calibrate(np.concatenate(clean_raw), cfg.train.false_alarm_rate)
-        clean_live = np.concatenate(live(clean_raw, calibration, variant.smoothing))
-        per_kind = {}
-        for kind, ing in events.items():
-            event_live = np.concatenate(live(scorer(ing), calibration, variant.smoothing))
-            y = np.concatenate([np.zeros(len(clean_live)), np.ones(len(event_live))])
-            per_kind[kind] = auroc(y, np.concatenate([clean_live, event_live]))
-        test_raw = scorer(test_ing)
-        test_live = live(test_raw, calibration, variant.smoothing)
         rows.append(
-            {
-                "scene": scene,
-                "variant": variant.name,
-                "criterion": float(np.mean(list(per_kind.values()))),
-                **{f"criterion {kind}": value for kind, value in per_kind.items()},
-                "test_auroc_causal_micro": frame_aurocs(labels, test_live)["auroc_causal_micro"],
-                **operating_point(labels, test_raw, test_live, calibration),
-            }
+            row(scene, variant.name, lambda key, s=scorer: s(cache[key]), variant.smoothing, labels, rate)
         )
-        tqdm.write(
-            f"{scene} {variant.name}: criterion {rows[-1]['criterion']:.4f}, "
-            f"test {rows[-1]['test_auroc_causal_micro']:.4f}"
-        )
+    rows.append(
+        row(scene, "svdd detector", lambda key: svdd_scores(model, cache[key]), smoothing, labels, rate)
+    )
+    daad_cfg = load_config(None, {"model.name": "daad"})
+    daad, _ = load_model(trained_checkpoint(scene, "daad", daad_cfg, train, workdir))
+
+    def daad_raw(key: str) -> list[np.ndarray]:
+        raw = score_inputs(daad, np.concatenate(inputs[key]), desc=f"{scene} daad {key}")[0]
+        return np.split(raw, np.cumsum([len(x) for x in inputs[key]])[:-1])
+
+    rows.append(row(scene, "daad default", daad_raw, smoothing, labels, rate))
+    c = cfg.input.frame_channels
+    for baseline in ("frame-diff-mean", "frame-diff-max-cell"):
+
+        def baseline_raw(key: str, name: str = baseline) -> list[np.ndarray]:
+            return [pair_difference(x[:, :c], x[:, c:])[name].astype(np.float64) for x in inputs[key]]
+
+        rows.append(row(scene, baseline, baseline_raw, smoothing, labels, rate))
     return rows
 
 

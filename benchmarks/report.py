@@ -122,6 +122,25 @@ def _scenes_headline(data: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _footage_headline(data: dict[str, Any]) -> str:
+    parts = [
+        f"{r['footage_seconds']:g} s **{r['auroc_causal_micro']:.3f}**"
+        for r in data["results"]
+        if "footage_frames" in r
+    ]
+    scene = next(r["scene"] for r in data["results"] if "footage_frames" in r)
+    return f"AnoMem default on {scene}, causal micro by seconds of training footage: " + ", ".join(parts)
+
+
+def _criterion_headline(data: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{m['scene']}: Spearman **{m['spearman']:+.2f}** over {m['variants']} score settings "
+        f"(criterion picks {m['picked']}: {m['picked_test_auroc']:.3f}, "
+        f"default {m['default_test_auroc']:.3f})"
+        for m in data["summary"]
+    )
+
+
 def _thumbnails_headline(data: dict[str, Any]) -> str:
     return (
         f"one thumbnail **{data['thumbnail_ms']:.2f} ms** (the model: {data['model_ms_per_frame']:.1f} ms a "
@@ -253,6 +272,26 @@ BENCHMARKS = (
         "threshold's false-alarm rate on normal test frames and hit rate on anomalous ones.",
         lambda _: "python benchmarks/scenes.py --threads 2",
         _scenes_headline,
+    ),
+    Benchmark(
+        "footage",
+        "Accuracy by minutes of footage",
+        "The default AnoMem trained on only the first N frames of Ped1-dev's normal footage (a new camera "
+        "after N / 10 seconds), scored on the scenes.py protocol, beside the trivial baselines.",
+        lambda _: (
+            "python benchmarks/scenes.py --scenes ped1-dev --models anomem --footage-frames 100 200 382 "
+            "--threads 1 --out benchmarks/results/footage"
+        ),
+        _footage_headline,
+    ),
+    Benchmark(
+        "criterion",
+        "Label-free criterion",
+        "Score settings of the default AnoMem ranked on normal footage with synthetic events "
+        '(docs/evaluation.md, "Label-free criterion"), against their causal micro AUROC on the labelled '
+        "test frames: Spearman per scene.",
+        lambda _: "python benchmarks/criterion.py --threads 2",
+        _criterion_headline,
     ),
     Benchmark(
         "thumbnails",

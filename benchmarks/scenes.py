@@ -81,11 +81,35 @@ SCENES: dict[str, tuple[Path, Callable[[Path, ExperimentConfig], tuple[list[Clip
 }
 
 
+def first_frames(clips: list[Clip], frames: int) -> list[Clip]:
+    """The first `frames` frames of footage in its order (the last clip cut): what a new camera has
+    recorded after frames / fps seconds."""
+    out, left = [], frames
+    for clip in clips:
+        if left <= 0:
+            break
+        out.append(
+            clip
+            if len(clip.frames) <= left
+            else Clip(name=f"{clip.name}[:{left}]", frames=clip.frames[:left])
+        )
+        left -= len(out[-1].frames)
+    if left > 0:
+        raise SystemExit(
+            f"--footage-frames {frames}: the scene's training footage has only {frames - left} frames"
+        )
+    return out
+
+
 def frame_difference(clip: Clip) -> dict[str, np.ndarray]:
     """The two baselines' scores of every frame: the mean |frame - previous| and its largest mean
     over 8x8-pixel cells (the first frame of a clip scores 0)."""
-    frames = clip.frames.astype(np.float32).mean(axis=1)  # [T, H, W], grey
-    diff = np.abs(frames - np.concatenate([frames[:1], frames[:-1]]))
+    return pair_difference(clip.frames, np.concatenate([clip.frames[:1], clip.frames[:-1]]))
+
+
+def pair_difference(current: np.ndarray, previous: np.ndarray) -> dict[str, np.ndarray]:
+    """The baselines' scores of frame pairs [T, C, H, W] each (`frame_difference`)."""
+    diff = np.abs(current.astype(np.float32).mean(axis=1) - previous.astype(np.float32).mean(axis=1))
     t, h, w = diff.shape
     cells = diff[:, : h - h % 8, : w - w % 8].reshape(t, h // 8, 8, w // 8, 8).mean(axis=(2, 4))
     return {"frame-diff-mean": diff.mean(axis=(1, 2)), "frame-diff-max-cell": cells.max(axis=(1, 2))}
@@ -230,6 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, default=Path("runs/scenes"), help="checkpoints (reused)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scenes", help="output path without suffix")
+    parser.add_argument(
+        "--footage-frames",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="train each model on only the first N frames of the scene's footage, one row per N (how "
+        "accuracy grows with footage; e.g. --out benchmarks/results/footage)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
@@ -245,12 +278,17 @@ def main(argv: list[str] | None = None) -> int:
             train, test = split(root, cfg)
             if model_name == args.models[0]:
                 rows += baseline_rows(scene, test, cfg.train.smoothing_frames)
-            print(f"== {scene} {model_name}: {len(train)} training clips, {len(test)} test clips", flush=True)
-            rows.append(model_row(scene, model_name, cfg, train, test, args.workdir))
-            print(json.dumps(rows[-1], indent=1, default=str), flush=True)
-            means = summary(rows)  # written after every model, so an interrupted run keeps its rows
-            env = {**environment(), "overrides": overrides}
-            write_results(args.out, env, rows, markdown(rows, means, env), summary=means)
+            for frames in args.footage_frames or [None]:
+                footage = train if frames is None else first_frames(train, frames)
+                name = model_name if frames is None else f"{model_name} first {frames} frames"
+                print(f"== {scene} {name}: {len(footage)} training clips, {len(test)} test clips", flush=True)
+                rows.append(model_row(scene, model_name, cfg, footage, test, args.workdir))
+                if frames is not None:
+                    rows[-1].update(model=name, footage_frames=frames, footage_seconds=frames / cfg.input.fps)
+                print(json.dumps(rows[-1], indent=1, default=str), flush=True)
+                means = summary(rows)  # written after every model, so an interrupted run keeps its rows
+                env = {**environment(), "overrides": overrides}
+                write_results(args.out, env, rows, markdown(rows, means, env), summary=means)
     return 0
 
 

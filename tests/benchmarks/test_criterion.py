@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from criterion import DRAWS, KINDS, Scorer, Variant, faster, ingredients, pseudo_inputs
+from criterion import DRAWS, KINDS, Scorer, Variant, faster, ingredients, pseudo_inputs, row_speed_scale
 
 from model.anomem.model import AnoMem
 from model.data import Clip, load_clips, split_holdout, with_motion
@@ -66,3 +66,15 @@ def test_the_default_variant_rebuilds_the_trained_score(ped2_like: Path, tiny_ch
         ingredients(model, [model_inputs(fit, cfg)], "fit"),
     )
     assert not np.allclose(np.concatenate(other(ingredients(model, inputs, "test"))), direct, atol=1e-3)
+
+
+def test_the_per_row_speed_scale_reads_each_rows_normal_walkers_as_about_one() -> None:
+    speed = torch.zeros(40, 1, 3, 10)
+    speed[:, 0, 0, :5] = 4.0  # near the camera: walkers move 4 px a frame
+    speed[:, 0, 1, :5] = 1.0  # far away: 1 px a frame
+    speed[:5, 0, 2, 0] = 3.0  # a row with few moving cells takes the overall value
+    scale = row_speed_scale(speed)[0, 0, :, 0]
+    overall = float(torch.quantile(speed[speed > 0.5], 0.9))
+    np.testing.assert_allclose(scale.numpy(), [4.0 / overall, 1.0 / overall, 1.0], rtol=1e-6)
+    relative = speed / row_speed_scale(speed)
+    assert torch.equal(relative[:, 0, 0, 0], relative[:, 0, 1, 0])  # near and far walkers read alike

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from scenes import frame_difference, normal_runs
+from scenes import first_frames, frame_difference, normal_runs
 
 from model.data import Clip
 
@@ -28,3 +29,15 @@ def test_the_baselines_read_the_frame_difference_and_its_largest_cell() -> None:
     scores = frame_difference(Clip(name="c", frames=frames))
     np.testing.assert_allclose(scores["frame-diff-mean"], [0, 20, 20])  # a quarter of the frame
     np.testing.assert_allclose(scores["frame-diff-max-cell"], [0, 80, 80])
+
+
+def test_the_footage_curve_takes_the_first_frames_in_order() -> None:
+    clips = [
+        Clip(name=n, frames=np.full((k, 1, 1, 1), i, np.uint8))
+        for i, (n, k) in enumerate([("a", 30), ("b", 50)])
+    ]
+    first = first_frames(clips, 60)
+    assert [(c.name, len(c.frames)) for c in first] == [("a", 30), ("b[:30]", 30)]
+    assert [len(c.frames) for c in first_frames(clips, 80)] == [30, 50]
+    with pytest.raises(SystemExit, match="only 80 frames"):
+        first_frames(clips, 81)
