@@ -353,6 +353,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"`{results['command']}` ({results['date']}; wall {results.get('wall_seconds', 0) / 60:.0f} min, "
         f"{results.get('threads')} thread(s)).{status}",
         "",
+    ]
+    for run in results.get("runs", []):  # a merged result: the runs it joins
+        lines.append(f"- `{run['command']}` ({run['date']}; wall {run['wall_seconds'] / 60:.0f} min)")
+    if results.get("runs"):
+        lines.append("")
+    lines += [
         f"{variant}, {results.get('epochs')} stage-1 epoch(s) over the "
         f"{results['classes'][0]['train_images'] if results['classes'] else '?'} training images of the "
         f"normal class, {results['classes'][0]['test_images'] if results['classes'] else '?'} test images "

@@ -18,6 +18,7 @@ from cifar10_oneclass import (
     encoder_maps,
     main,
     make_config,
+    merge,
     parse_args,
     scores_from_maps,
     upsample,
@@ -83,3 +84,42 @@ def test_the_pretrained_variant_trains_and_scores_a_tiny_subset(tmp_path: Path) 
     assert 0 <= r["auroc_oneclass"] <= 1 and 0 <= r["auroc_svdd"] <= 1
     assert len(r["stage1_losses"]) == 1 and np.isfinite(r["stage1_losses"][0])
     assert "Partial: 1 of 10 classes" in (tmp_path / "c.md").read_text()
+
+
+def _partial(classes: list[int], args: list[str], wall: float) -> dict:
+    cfg = make_config(parse_args(args), epochs=3)
+    rows = [
+        {"class": c, "name": f"c{c}", "auroc_oneclass": 0.8, "auroc_svdd": 0.6, "train_images": 5000}
+        | {"test_images": 10000, "train_seconds": 100.0}
+        for c in classes
+    ]
+    command = f"python benchmarks/cifar10_oneclass.py --classes {classes[0]}"
+    return {
+        "command": command,
+        "date": "2026-01-01T00:00",
+        "wall_seconds": wall,
+        "device_name": "cpu",
+        "threads": 1,
+        "variant": "pretrained",
+        "epochs": 3,
+        "config": cfg.model_dump(mode="json"),
+        "classes": rows,
+    }
+
+
+def test_merged_runs_make_one_complete_table_that_names_each_run(tmp_path: Path) -> None:
+    args = ["--variant", "pretrained"]
+    (tmp_path / "a.json").write_text(json.dumps(_partial(list(range(9)), args, 2900.0)))
+    (tmp_path / "b.json").write_text(json.dumps(_partial([9], args, 400.0)))
+    out, md = tmp_path / "m.json", tmp_path / "m.md"
+    merge([tmp_path / "a.json", tmp_path / "b.json"], out, md)
+    data = json.loads(out.read_text())
+    assert data["complete"] and [r["class"] for r in data["classes"]] == list(range(10))
+    assert data["wall_seconds"] == 3300.0 and len(data["runs"]) == 2
+    page = md.read_text()
+    assert "Partial" not in page and "--classes 9` (2026-01-01T00:00; wall 7 min)" in page
+    assert "**mean**" in page
+
+    (tmp_path / "c.json").write_text(json.dumps(_partial([9], ["--variant", "scratch"], 400.0)))
+    with pytest.raises(SystemExit, match="different configs"):
+        merge([tmp_path / "a.json", tmp_path / "c.json"], out, md)
