@@ -208,10 +208,12 @@ def _lk_range_headline(data: dict[str, Any]) -> str:
 
 def _cifar_headline(data: dict[str, Any]) -> str:
     n = len(data["classes"])
-    scope = "10 classes" if data["complete"] else f"{n} of 10 classes"
+    scope = "10 classes" if data["complete"] else f"**partial**: {n} of 10 classes"
+    encoder = {"scratch": "ResNet-18 from scratch", "pretrained": "frozen ImageNet EfficientNet-Lite0"}
     return (
-        f"mean AUROC one-class score {100 * data['mean_auroc_oneclass']:.1f}, Deep-SVDD detector "
-        f"{100 * data['mean_auroc_svdd']:.1f} ({scope})"
+        f"{encoder[data.get('variant', 'scratch')]}: mean AUROC one-class score "
+        f"**{100 * data['mean_auroc_oneclass']:.1f}**, Deep-SVDD detector "
+        f"{100 * data['mean_auroc_svdd']:.1f} ({scope}; published: Deep SVDD 64.8, GEOM 86.0, CSI 94.3)"
     )
 
 
@@ -353,9 +355,11 @@ BENCHMARKS = (
     Benchmark(
         "cifar10_oneclass",
         "AnoMem on CIFAR-10 one-class",
-        "AnoMem (ResNet-18 from scratch) trained on one class's 5000 training images, the 10000 test "
-        "images scored, AUROC with label = other class; the mean over the ten classes. Needs a GPU.",
-        lambda _: "python benchmarks/cifar10_oneclass.py --epochs auto",
+        "AnoMem trained on one class's 5000 training images, the 10000 test images scored, AUROC with "
+        "label = other class; the mean over the ten classes. `--variant pretrained` (CPU): EfficientNet-"
+        "Lite0 with its ImageNet weights frozen, images upsampled to 96x96, only the memories and heads "
+        "train; `--variant scratch`: ResNet-18 from scratch, the paper's setting (needs a GPU).",
+        lambda _: "python benchmarks/cifar10_oneclass.py --variant pretrained --epochs 3 --threads 1",
         _cifar_headline,
     ),
 )

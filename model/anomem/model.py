@@ -124,7 +124,11 @@ class AnoMem(nn.Module):
 
     def describe(self, current: torch.Tensor, motion: torch.Tensor | None) -> Descriptors:
         """Per-scale memory inputs: normalized encoder features plus pooled motion statistics."""
-        feats = self.encoder(current.contiguous(memory_format=torch.channels_last))
+        return self.descriptors(self.encoder(current.contiguous(memory_format=torch.channels_last)), motion)
+
+    def descriptors(self, feats: list[torch.Tensor], motion: torch.Tensor | None) -> Descriptors:
+        """Per-scale memory inputs from the encoder's maps `feats` (all its scales) and the motion field;
+        `describe` without the encoder, for callers that reuse a frozen encoder's maps."""
         maps = []
         for s in self.scales:
             f = F.normalize(feats[s], dim=1)
