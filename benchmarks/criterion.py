@@ -47,9 +47,9 @@ from model.data import Clip, split_holdout, with_motion
 from model.evaluation import operating_point
 from model.metrics import auroc, causal_smooth, frame_aurocs
 from model.pipeline import load_model, model_inputs, score_inputs
-from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
+from model.pseudo_anomaly import EVENT_KINDS, event_for_whole_clip
 
-KINDS = ("fast-patches", "foreign-objects", "faster-3x")
+KINDS = (*EVENT_KINDS, "faster-3x")
 DRAWS = 4  # synthetic events drawn per held-out segment, for the two drawn kinds
 LAG = 3  # faster-3x: each frame is paired with the one LAG frames before it
 OBJECTS = DATA / "cifar10" / "cifar10_jpg.zip"  # the foreign objects' photographs
@@ -187,18 +187,13 @@ def pseudo_inputs(
 ) -> dict[str, list[np.ndarray]]:
     """Per kind, the model inputs of every held-out segment with an event for its whole length."""
     out: dict[str, list[np.ndarray]] = {kind: [] for kind in KINDS}
-    for k, kind in enumerate(KINDS[:2]):
+    for k, kind in enumerate(EVENT_KINDS):
         rng = np.random.default_rng(k)
         for clip in holdout:
-            n = len(clip.frames)
             for _ in range(DRAWS):
-                whole = {"event_frames": (n, n + 1), "gap_frames": (0, 1)}
-                if kind == "fast-patches":
-                    frames, labels = add_moving_patches(clip.frames, rng, **whole)  # type: ignore[arg-type]
-                else:
-                    frames, labels = add_foreign_objects(clip.frames, rng, objects, **whole)  # type: ignore[arg-type]
-                assert labels.all()
-                out[kind].append(with_motion(frames, cfg.input))
+                out[kind].append(
+                    with_motion(event_for_whole_clip(clip.frames, rng, kind, objects), cfg.input)
+                )
     out["faster-3x"] = [faster(clip.frames, LAG) for clip in holdout]
     return out
 

@@ -107,6 +107,25 @@ def add_foreign_objects(
     return _insert_events(frames, rng, event_frames, speed_fraction, start_event, gap_frames)
 
 
+EVENT_KINDS = ("fast-patches", "foreign-objects")
+
+
+def event_for_whole_clip(
+    frames: np.ndarray, rng: np.random.Generator, kind: str, objects: np.ndarray | None = None
+) -> np.ndarray:
+    """One event of `kind` (EVENT_KINDS: `add_moving_patches` or `add_foreign_objects`, which needs
+    `objects`) that lasts the clip's whole length: a short held-out segment against its clean self."""
+    whole = {"event_frames": (len(frames), len(frames) + 1), "gap_frames": (0, 1)}
+    if kind == "fast-patches":
+        out, labels = add_moving_patches(frames, rng, **whole)
+    elif kind == "foreign-objects" and objects is not None:
+        out, labels = add_foreign_objects(frames, rng, objects, **whole)
+    else:
+        raise ValueError(f"kind {kind!r}: expected one of {EVENT_KINDS} (foreign-objects needs objects)")
+    assert labels.all()
+    return out
+
+
 def _insert_events(
     frames: np.ndarray,
     rng: np.random.Generator,

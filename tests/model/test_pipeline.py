@@ -12,7 +12,7 @@ from model import pipeline
 from model.anomem import train as anomem_train
 from model.checkpoint import load_checkpoint
 from model.config import ConfigError
-from model.pseudo_anomaly import add_foreign_objects, add_moving_patches
+from model.pseudo_anomaly import EVENT_KINDS, add_foreign_objects, add_moving_patches, event_for_whole_clip
 from tests.conftest import tiny_config
 
 
@@ -139,3 +139,14 @@ def test_foreign_objects_mark_exactly_the_changed_frames_and_are_repeatable() ->
     again, labels_again = add_foreign_objects(frames, np.random.default_rng(0), objects)
     np.testing.assert_array_equal(again, changed)
     np.testing.assert_array_equal(labels_again, labels)
+
+
+def test_an_event_for_the_whole_clip_changes_every_frame() -> None:
+    # A patch of the scene moved elsewhere shows on a textured scene; an object shows on a flat one too.
+    frames = np.random.default_rng(1).integers(90, 110, (17, 1, 60, 90)).astype(np.uint8)
+    objects = np.full((1, 32, 32), 250, np.uint8)
+    for kind in EVENT_KINDS:
+        changed = event_for_whole_clip(frames, np.random.default_rng(0), kind, objects)
+        assert (changed != frames).reshape(len(frames), -1).any(axis=1).all(), kind
+    with pytest.raises(ValueError, match="foreign-objects needs objects"):
+        event_for_whole_clip(frames, np.random.default_rng(0), "foreign-objects")
