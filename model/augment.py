@@ -31,3 +31,18 @@ def random_views(
     bias = torch.empty(b, 1, 1, 1).uniform_(-0.1, 0.1, generator=generator).to(x.device)
     mean = out[:, :frame_channels].mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * gain + mean + bias).clamp(0, 1)
+
+
+def epoch_steps(frames: int, frames_per_epoch: int | None, batch_size: int) -> int:
+    """Optimizer steps of one training epoch: `frames_per_epoch` samples whatever the footage's length
+    (None: one pass over its `frames`). A camera's first minutes get as many steps as an hour of
+    footage; short footage is passed over several times, each time in a new order and with new
+    augmentations."""
+    return max(1, (frames_per_epoch or frames) // batch_size)
+
+
+def epoch_order(frames: int, samples: int, generator: torch.Generator) -> torch.Tensor:
+    """`samples` frame indices for one epoch: passes over all `frames`, each in its own random order,
+    cut at `samples` (one permutation, as before, when the footage holds that many frames)."""
+    passes = -(-samples // frames)
+    return torch.cat([torch.randperm(frames, generator=generator) for _ in range(passes)])[:samples]

@@ -295,7 +295,12 @@ class TrainConfig(_Strict):
     seed: int = 0
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=2)
-    frames_per_epoch: int | None = Field(1200, ge=2)
+    frames_per_epoch: int | None = Field(
+        1200,
+        ge=2,
+        description="samples per epoch, passing over short footage several times so that a few minutes "
+        "of a camera train for as many steps as an hour; None: one pass over the footage",
+    )
     lr: float = Field(2e-3, gt=0)
     # Fine-tuning a pretrained encoder wants a far smaller step than the freshly initialised memories.
     encoder_lr: float | None = Field(

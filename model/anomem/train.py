@@ -16,7 +16,7 @@ from tqdm import tqdm
 from model.anomaly_map import position_stats
 from model.anomem import losses
 from model.anomem.model import AnoMem
-from model.augment import random_views
+from model.augment import epoch_order, epoch_steps, random_views
 from model.config import TrainConfig
 
 ProgressHook = Callable[[str, int, float], None]  # (stage, epoch, mean loss) after each epoch
@@ -102,8 +102,7 @@ def train_stage1(
         {"params": [p for p in params if id(p) in encoder_ids], "lr": cfg.encoder_lr or cfg.lr},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
-    per_epoch = min(cfg.frames_per_epoch or len(inputs), len(inputs))
-    steps = max(1, per_epoch // cfg.batch_size)
+    steps = epoch_steps(len(inputs), cfg.frames_per_epoch, cfg.batch_size)
     total_steps, done_steps = cfg.epochs * steps, state.stage1_epochs_done * steps
     # Cosine decay over the whole run; a resumed run picks up the schedule where it stopped.
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -111,7 +110,7 @@ def train_stage1(
     )
     for epoch in range(state.stage1_epochs_done, cfg.epochs):
         epoch_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(inputs), generator=epoch_gen)[: steps * cfg.batch_size].numpy()
+        order = epoch_order(len(inputs), steps * cfg.batch_size, epoch_gen).numpy()
         model.train()
         started, total = time.perf_counter(), 0.0
         bar = tqdm(range(steps), desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.anomaly_map import position_stats, topk_mean
+from model.augment import epoch_order, epoch_steps
 from model.config import TrainConfig
 from model.daad import losses
 from model.daad.model import DAAD
@@ -112,8 +113,7 @@ def train_daad(
         opt_d = torch.optim.Adam(
             model.discriminator.parameters(), lr=cfg.daad.discriminator_lr, betas=(0.5, 0.999)
         )
-    per_epoch = min(cfg.frames_per_epoch or len(inputs), len(inputs))
-    steps = max(1, per_epoch // cfg.batch_size)
+    steps = epoch_steps(len(inputs), cfg.frames_per_epoch, cfg.batch_size)
     total_steps, done_steps = cfg.epochs * steps, state.epochs_done * steps
     # Cosine decay over the whole run; a resumed run picks up the schedule where it stopped.
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -122,7 +122,7 @@ def train_daad(
     device = _device(model)
     for epoch in range(state.epochs_done, cfg.epochs):
         epoch_gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(inputs), generator=epoch_gen)[: steps * cfg.batch_size].numpy()
+        order = epoch_order(len(inputs), steps * cfg.batch_size, epoch_gen).numpy()
         model.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}

@@ -6,6 +6,7 @@ import torch
 
 from model.anomem import losses
 from model.anomem.train import TrainState, train_stage1
+from model.augment import epoch_order, epoch_steps
 from model.data import load_clips
 from model.pipeline import build_model, model_inputs
 from tests.conftest import tiny_config
@@ -38,3 +39,17 @@ def test_stage1_losses_finite_and_decreasing(ped2_like, memory_init: str) -> Non
     assert len(state.stage1_losses) == 6
     assert np.all(np.isfinite(state.stage1_losses))
     assert np.mean(state.stage1_losses[-2:]) < state.stage1_losses[0]
+
+
+def test_short_footage_gets_the_steps_of_long_footage_in_fresh_passes() -> None:
+    assert epoch_steps(100, 1200, 32) == epoch_steps(5000, 1200, 32) == 37
+    assert epoch_steps(100, None, 32) == 3  # None: one pass
+    order = epoch_order(100, 1184, torch.Generator().manual_seed(0))
+    counts = np.bincount(order.numpy(), minlength=100)
+    assert len(order) == 1184 and counts.min() == 11 and counts.max() == 12  # 11.84 passes
+    assert not torch.equal(order[:100], order[100:200])  # each pass in its own order
+    # Footage longer than an epoch: one permutation, cut (what training did before).
+    long = epoch_order(5000, 1184, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(
+        long.numpy(), torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:1184].numpy()
+    )
