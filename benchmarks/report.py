@@ -33,6 +33,13 @@ PED2_PROTOCOL = (
     "at 120x180."
 )
 
+FLOPS_COMMAND = (
+    "python benchmarks/flops.py --threads 1 --accuracy default=.accuracy/default_scenes.json "
+    "'large-fleet candidate=.accuracy/large_fleet_scenes.json' --note 'the default accuracy source is a "
+    "copy of benchmarks/results/scenes.json of the main checkout, taken while its scenes.py run was in "
+    "progress'"
+)
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -217,6 +224,30 @@ def _cifar_headline(data: dict[str, Any]) -> str:
     )
 
 
+def _flops_headline(data: dict[str, Any]) -> str:
+    gflop = data["gflop_per_frame"]
+    ort = {
+        r["config"]: r
+        for r in data["results"]
+        if (r["runtime"], r["precision"], r["batch"]) == ("onnxruntime", "fp32", 32)
+    }
+    costs = ", ".join(
+        f"{config} {gflop[config]:.3f} ({ort[config]['fps']:.0f} frames/s, "
+        f"{100 * ort[config]['share_of_roof']:.0f}% of the roof)"
+        for config in gflop
+        if config in ort
+    )
+    line = f"GFLOP/frame, and ONNX Runtime FP32 batch 32 at {data['threads']} thread: {costs}"
+    v = data["verdict"]
+    if v is not None:
+        word = {True: "met", False: "not met", None: "undetermined"}[v["met"]]
+        losses = ", ".join(
+            f"{scene} {'?' if loss is None else f'{loss:+.3f}'}" for scene, loss in v["losses"].items()
+        )
+        line += f"; large-fleet bar **{word}** ({v['flops_ratio']:.2f}x the FLOPs, AUROC loss {losses})"
+    return line
+
+
 BENCHMARKS = (
     Benchmark(
         "ped2_anomem",
@@ -351,6 +382,16 @@ BENCHMARKS = (
         "`model/motion.py`, no artifact.",
         lambda _: f"python benchmarks/lk_range.py {PED2}",
         _lk_range_headline,
+    ),
+    Benchmark(
+        "flops",
+        "FLOPs per frame",
+        "GFLOP/frame of each model config (AnoMem default, DAAD default, the large-fleet AnoMem candidate; "
+        "counted on the PyTorch forward), its frames/s per runtime, precision and batch, and the share of "
+        "this CPU's float32 matmul roof that is, timed in interleaved rounds; beside the causal micro AUROC "
+        "per scene from scenes.py results, and the candidate's verdict on the large-fleet bar.",
+        lambda _: FLOPS_COMMAND,
+        _flops_headline,
     ),
     Benchmark(
         "cifar10_oneclass",
