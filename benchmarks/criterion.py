@@ -42,12 +42,13 @@ from model.anomaly_map import topk_mean
 from model.anomem.model import AnoMem, _pool_motion
 from model.anomem.train import MOVING_SPEED
 from model.calibration import Calibration, calibrate
-from model.config import ExperimentConfig, load_config
+from model.config import ConfigError, ExperimentConfig, load_config
 from model.data import Clip, split_holdout, with_motion
 from model.evaluation import operating_point
 from model.metrics import auroc, causal_smooth, frame_aurocs
 from model.pipeline import load_model, model_inputs, score_inputs
 from model.pseudo_anomaly import EVENT_KINDS, event_for_whole_clip
+from monitor.cli.model import parse_overrides
 
 KINDS = (*EVENT_KINDS, "faster-3x")
 DRAWS = 4  # synthetic events drawn per held-out segment, for the two drawn kinds
@@ -230,9 +231,11 @@ def row(
     return out
 
 
-def scene_rows(scene: str, workdir: Path, objects: np.ndarray) -> list[dict[str, Any]]:
+def scene_rows(
+    scene: str, workdir: Path, objects: np.ndarray, overrides: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     root, split = SCENES[scene]
-    cfg = load_config(None)
+    cfg = load_config(None, overrides)
     train, test = split(root, cfg)
     print(f"== {scene}: {len(train)} training clips, {len(test)} test clips", flush=True)
     model, _ = load_model(trained_checkpoint(scene, "anomem", cfg, train, workdir))
@@ -310,7 +313,8 @@ def markdown(rows: list[dict[str, Any]], means: list[dict[str, Any]], env: dict[
         "# Label-free criterion: AnoMem score settings ranked on normal footage",
         "",
         f"Command: `{env['command']}` ({env['date']})  ",
-        f"Machine: {env['machine']}, torch {env['torch']}, {env['threads']} threads.",
+        f"Machine: {env['machine']}, torch {env['torch']}, {env['threads']} threads. AnoMem config: "
+        f"{env['overrides'] or 'the defaults'}.",
         "",
         'Protocol: docs/evaluation.md, "Label-free criterion" (written before these numbers). Criterion = '
         "mean over the three synthetic kinds of the causal AUROC, held-out normal segments against the "
@@ -349,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="AnoMem config override (training)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--workdir", type=Path, default=Path("runs/scenes"), help="checkpoints (reused)")
     parser.add_argument("--objects", type=Path, default=OBJECTS, help="CIFAR-10 JPEG zip (foreign objects)")
@@ -356,14 +363,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.objects.is_file():
         parser.error(f"--objects {args.objects}: no such file (the CIFAR-10 JPEG zip)")
+    try:
+        overrides = parse_overrides(args.set)
+    except ConfigError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     objects = load_objects(str(args.objects))
     rows: list[dict[str, Any]] = []
     for scene in args.scenes:
-        rows += scene_rows(scene, args.workdir, objects)
+        rows += scene_rows(scene, args.workdir, objects, overrides)
         means = summary(rows)  # written after every scene, so an interrupted run keeps its rows
-        env = environment()
+        env = {**environment(), "overrides": overrides}
         write_results(args.out, env, rows, markdown(rows, means, env), summary=means)
     return 0
 
