@@ -321,7 +321,9 @@ def markdown(rows: list[dict[str, Any]], means: list[dict[str, Any]], env: dict[
         "same segments with an event; test = causal micro AUROC on the labelled test frames "
         "(benchmarks/scenes.py protocol); FAR = normal test frames above the threshold calibrated at 1% "
         "on the held-out frames (raw / the monitor's smoothed rule). One network per scene, trained with "
-        "the default config; the variants change only the score.",
+        "the default config; the variants change only the score. The baselines and DAAD are scored like "
+        "the variants (calibrated on the held-out frames, then smoothed), so their test AUROC differs a "
+        "little from scenes.py's, which smooths the baselines' raw differences.",
         "",
         "| scene | variant | criterion | fast patches | foreign objects | 3x faster | test causal micro "
         "| FAR raw | FAR smoothed |",
