@@ -8,7 +8,8 @@ The roof is the median GFLOP/s of a float32 torch.mm of N x N matrices at the ru
 
 Timing is interleaved: each round times every (config, runtime, batch) for at least --min-seconds (at
 least one call) and the roof once, so load drift on a shared machine hits all of them alike; frames/s
-and the roof are medians over the rounds, and share of roof = GFLOP/frame x frames/s / roof.
+and the roof are medians over the rounds; share of roof = GFLOP/frame x frames/s / roof, round by
+round against that round's roof, then the median (the shared machine's speed drifts within a run).
 
 `--accuracy NAME=PATH` takes a result JSON of benchmarks/scenes.py run with AnoMem config NAME
 (`default` or `large-fleet candidate`; the JSON's overrides must be that config's) and puts its
@@ -372,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                 "gflop_per_frame": gflops[label],
                 "fps": median_fps,
                 "fps_rounds": fps[((label, backend, precision), batch)],
-                "share_of_roof": share_of_roof(gflops[label], median_fps, roof),
+                # Per round against that round's roof, then the median: the machine's speed drifts.
+                "share_of_roof": statistics.median(
+                    share_of_roof(gflops[label], f, r)
+                    for f, r in zip(fps[((label, backend, precision), batch)], roof_rounds, strict=True)
+                ),
             }
         )
     accuracy = accuracy_rows(sources)
@@ -392,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "timing": f"{args.rounds} interleaved rounds, each timing every (config, runtime, batch) for "
             f"at least {args.min_seconds:g} s (at least one call) and the roof once; frames/s = the "
             "median over the rounds of frames / seconds of back-to-back calls on one random uint8 batch; "
-            "share of roof = GFLOP/frame x frames/s / roof",
+            "share of roof = the median over the rounds of GFLOP/frame x frames/s / that round's roof",
         },
         "gflop_per_frame": gflops,
         "roof_gflops": roof,

@@ -34,10 +34,8 @@ PED2_PROTOCOL = (
 )
 
 FLOPS_COMMAND = (
-    "python benchmarks/flops.py --threads 1 --accuracy default=.accuracy/default_scenes.json "
-    "'large-fleet candidate=.accuracy/large_fleet_scenes.json' --note 'the default accuracy source is a "
-    "copy of benchmarks/results/scenes.json of the main checkout, taken while its scenes.py run was in "
-    "progress'"
+    "python benchmarks/flops.py --threads 1 --accuracy default=benchmarks/results/scenes.json "
+    "'large-fleet candidate=runs/candidate_scenes.json'"
 )
 
 
