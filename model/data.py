@@ -198,11 +198,18 @@ def split_holdout(clips: list[Clip], fraction: float) -> tuple[list[Clip], list[
         return clips, []
     segments = max(1, round(held / HOLDOUT_SEGMENT_FRAMES))
     bounds = np.cumsum([0, *(len(c.frames) for c in clips)])
-    mask = np.zeros(total, dtype=bool)
+    planned = []
     for k in range(segments):  # segment k is centred on the k-th of `segments` equal stretches
         length = held // segments + (1 if k < held % segments else 0)
-        start = min(total - length, max(0, (2 * k + 1) * total // (2 * segments) - length // 2))
-        start = _inside_one_clip(start, length, bounds, mask)
+        planned.append(
+            (min(total - length, max(0, (2 * k + 1) * total // (2 * segments) - length // 2)), length)
+        )
+    mask = np.zeros(total, dtype=bool)
+    for k, (start, length) in enumerate(planned):
+        others = mask.copy()  # placed segments, and where the later ones are planned
+        for later, later_length in planned[k + 1 :]:
+            others[later : later + later_length] = True
+        start = _inside_one_clip(start, length, bounds, others)
         mask[start : start + length] = True
     fit: list[Clip] = []
     holdout: list[Clip] = []

@@ -83,6 +83,10 @@ def test_a_held_out_segment_is_not_cut_by_a_clip_boundary() -> None:
     assert sum(len(c.frames) for c in held) == 50
     assert [len(c.frames) for c in held] == [25, 25]  # no piece of a frame or two
     assert sum(len(c.frames) for c in fit + held) == sum(len(c.frames) for c in clips)
+    # Two segments, the first moved into the second clip: it must not run into the second segment.
+    for first in range(5, 56):
+        fit, held = split_holdout(_clips(first, 60 - first), 0.7)
+        assert sum(len(c.frames) for c in held) == 42, first
     # A clip shorter than a segment still gives its frames: the segment then spans the boundary.
     fit, held = split_holdout(_clips(6, 6, 6, 6, 6), 0.25)
     assert sum(len(c.frames) for c in held) == 8

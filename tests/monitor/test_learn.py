@@ -107,15 +107,12 @@ def test_the_hold_out_is_spread_over_the_footage_and_runs_are_cut_at_its_segment
     footage.add(np.zeros((1, 4, 4), np.uint8), 99_000 * MS, starts_run=True)  # alone: no pair
     footage.end_run()
     assert footage.frames == 100 and footage.isolated == 1 and len(footage.runs) == 2
-    # 25 frames held out (a quarter of 100, under 50): one segment, centred on the footage, so it
-    # is cut where the first run ends.
+    # 25 frames held out (a quarter of 100, under 50): one segment, centred on the footage. Centred,
+    # the first run's end would cut it (22 + 3 frames), so it moves inside the run holding most of it.
     fit, held = footage.split(0.1)
-    assert [(c.name, len(c.frames)) for c in held] == [
-        ("gate@1970-01-01T00:00:00.000Z[38:60]", 22),
-        ("gate@1970-01-01T00:00:10.000Z[0:3]", 3),
-    ]
-    assert int(held[0].frames[0, 0, 0, 0]) == 38  # frame 38 of the first run
-    assert [len(c.frames) for c in fit] == [38, 37]
+    assert [(c.name, len(c.frames)) for c in held] == [("gate@1970-01-01T00:00:00.000Z[35:60]", 25)]
+    assert int(held[0].frames[0, 0, 0, 0]) == 35  # frame 35 of the first run
+    assert [len(c.frames) for c in fit] == [35, 40]
 
 
 def test_minimum_footage_follows_the_holdout_and_the_batch() -> None:
