@@ -111,15 +111,20 @@ EVENT_KINDS = ("fast-patches", "foreign-objects")
 
 
 def event_for_whole_clip(
-    frames: np.ndarray, rng: np.random.Generator, kind: str, objects: np.ndarray | None = None
+    frames: np.ndarray,
+    rng: np.random.Generator,
+    kind: str,
+    objects: np.ndarray | None = None,
+    **options: tuple[float, float],
 ) -> np.ndarray:
     """One event of `kind` (EVENT_KINDS: `add_moving_patches` or `add_foreign_objects`, which needs
-    `objects`) that lasts the clip's whole length: a short held-out segment against its clean self."""
+    `objects`) that lasts the clip's whole length: a short held-out segment against its clean self.
+    `options` go to that function (e.g. speed_fraction)."""
     whole = {"event_frames": (len(frames), len(frames) + 1), "gap_frames": (0, 1)}
     if kind == "fast-patches":
-        out, labels = add_moving_patches(frames, rng, **whole)
+        out, labels = add_moving_patches(frames, rng, **whole, **options)  # type: ignore[arg-type]
     elif kind == "foreign-objects" and objects is not None:
-        out, labels = add_foreign_objects(frames, rng, objects, **whole)
+        out, labels = add_foreign_objects(frames, rng, objects, **whole, **options)  # type: ignore[arg-type]
     else:
         raise ValueError(f"kind {kind!r}: expected one of {EVENT_KINDS} (foreign-objects needs objects)")
     assert labels.all()

@@ -10,7 +10,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from criterion import DRAWS, KINDS, Scorer, Variant, faster, ingredients, pseudo_inputs, row_speed_scale
+from criterion import (
+    DRAWS,
+    KINDS,
+    Scorer,
+    Variant,
+    faster,
+    ingredients,
+    pseudo_inputs,
+    row_speed_scale,
+    walker_speed,
+    walkers,
+)
 
 from model.anomem.model import AnoMem
 from model.data import Clip, load_clips, split_holdout, with_motion
@@ -32,9 +43,10 @@ def test_every_frame_of_a_held_out_segment_carries_its_event(tiny_checkpoint: Pa
         for i, n in enumerate((20, 17))
     ]
     objects = np.stack([np.full((32, 32), 250, np.uint8), np.full((32, 32), 5, np.uint8)])
-    inputs = pseudo_inputs(holdout, meta.config, objects)
-    assert list(inputs) == list(KINDS)
-    for kind in ("fast-patches", "foreign-objects"):
+    walker_crops = np.full((3, 16, 8), 250, np.uint8)
+    inputs = pseudo_inputs(holdout, meta.config, objects, walker_crops, walker_px=1.0)
+    assert sorted(inputs) == sorted(KINDS)
+    for kind in ("fast-patches", "foreign-objects", "fast-walkers"):
         assert [len(x) for x in inputs[kind]] == [20] * DRAWS + [17] * DRAWS
         for x, clip in zip(inputs[kind], np.repeat(holdout, DRAWS), strict=True):
             changed = (x[:, :1] != clip.frames).reshape(len(x), -1).any(axis=1)
@@ -78,3 +90,14 @@ def test_the_per_row_speed_scale_reads_each_rows_normal_walkers_as_about_one() -
     np.testing.assert_allclose(scale.numpy(), [4.0 / overall, 1.0 / overall, 1.0], rtol=1e-6)
     relative = speed / row_speed_scale(speed)
     assert torch.equal(relative[:, 0, 0, 0], relative[:, 0, 1, 0])  # near and far walkers read alike
+
+
+def test_walker_crops_come_from_where_the_training_frames_move_at_the_objects_size() -> None:
+    frames = np.zeros((6, 2, 32, 48), np.uint8)
+    frames[:, 0, 8:24, 16:24] = 200  # a bright walker, 16 x 8 pixels (2 x 1 cells)
+    speed = torch.zeros(6, 1, 4, 6)
+    speed[:, 0, 1, 2], speed[:, 0, 2, 2] = 1.5, 2.0  # the walker's cells move
+    speed[0] = 0.0  # a still frame gives no crop
+    crops = walkers([frames], speed, window=(2, 1))
+    assert crops.shape == (5, 16, 8) and (crops == 200).all()
+    assert walker_speed(speed) == 2.0  # the 90th percentile of the moving cells
